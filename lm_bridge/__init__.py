@@ -1,0 +1,1 @@
+"""Collapse Lab's bridge to real causal language models."""

@@ -1,0 +1,129 @@
+"""The ``collapse`` command line: one entry point, a subcommand per job.
+
+    collapse demo                         the built-in default job
+    collapse metrics STATS [--preset lc2024] [--classifier W.safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import ufm
+from ufm._validate import resolve_device
+from ufm.io import write_json
+
+# Columns of the printed metrics table: (key in CollapseMetrics.to_dict(), header).
+TABLE_COLUMNS = [
+    ("nc1_trace_ratio", "NC1 tr"),
+    ("cdnv_mean", "CDNV"),
+    ("norm_cov", "CoV|m|"),
+    ("log_norm_cov", "CoVlog|m|"),
+    ("cos_mean", "cos"),
+    ("cos_std", "std cos"),
+    ("etf_error", "ETF err"),
+    ("gnc_log_std", "std logK"),
+    ("dual_cos_mean", "cos(w,m)"),
+    ("dual_error", "dual err"),
+]
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """A fixed-width table, one row per (label, metrics dict); missing metrics print as '-'."""
+    width = max(len(label) for label, _ in rows)
+    head = f"{'':<{width}} " + " ".join(f"{h:>10}" for _, h in TABLE_COLUMNS)
+    lines = [head]
+    for label, metrics in rows:
+        cells = []
+        for key, _ in TABLE_COLUMNS:
+            value = metrics.get(key)
+            cells.append(f"{'-':>10}" if value is None else f"{value:>10.4g}")
+        lines.append(f"{label:<{width}} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--out", type=Path, default=None, help="directory for outputs")
+
+
+def metric_options(args: argparse.Namespace) -> dict:
+    base = dict(ufm.PRESETS[args.preset]) if args.preset else {}
+    if args.cdnv_power is not None:
+        base["cdnv_power"] = args.cdnv_power
+    if args.min_count is not None:
+        base["min_count"] = args.min_count
+    return base
+
+
+def add_metric_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(ufm.PRESETS), default=None,
+                        help="metric choices of a paper (lc2024: Wu & Papyan's)")
+    parser.add_argument("--cdnv-power", type=float, default=None, help="CDNV distance power")
+    parser.add_argument("--min-count", type=int, default=None, help="smallest class kept")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    stats = ufm.ClassStats.load(args.stats, device=device)
+    classifier = None
+    if args.classifier is not None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(args.classifier))
+        if len(tensors) != 1:
+            raise SystemExit(f"{args.classifier} must hold exactly one tensor (W, shape (K, D))")
+        classifier = next(iter(tensors.values())).to(device)
+    metrics = ufm.collapse_metrics(stats, classifier, **metric_options(args))
+    print(format_table([(args.stats.name, metrics.to_dict())]))
+    if args.out is not None:
+        write_json(args.out / "metrics.json", metrics.to_dict())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="collapse",
+        description="Collapse Lab: neural-collapse geometry of next-token prediction, simulated and measured.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="the built-in default job (runs without arguments)")
+    add_common(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    metrics = sub.add_parser("metrics", help="collapse metrics of a saved statistics file")
+    metrics.add_argument("stats", type=Path, help="a stats.safetensors file")
+    metrics.add_argument("--classifier", type=Path, default=None,
+                         help="safetensors file holding the classifier W (K, D)")
+    add_metric_flags(metrics)
+    add_common(metrics)
+    metrics.set_defaults(func=cmd_metrics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    torch.manual_seed(args.seed)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"collapse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Seeds everything, and sets hypothesis up for numeric properties (no deadline: BLAS timing varies)."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
+
+settings.register_profile("collapse", deadline=None, max_examples=25, derandomize=True)
+settings.load_profile("collapse")
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

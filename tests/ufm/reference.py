@@ -1,0 +1,87 @@
+"""Naive float64 references, written from SCIENCE.md's formulas with dense numpy and plain loops.
+
+They share no code with the package: a test that compares the two checks the formulas, the tiling
+and the streaming merges at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def naive_stats(h, y, k, w=None):
+    h, y = np.asarray(h, np.float64), np.asarray(y)
+    w = np.ones(len(y)) if w is None else np.asarray(w, np.float64)
+    d = h.shape[1]
+    counts, samples = np.zeros(k), np.zeros(k, np.int64)
+    means, var = np.zeros((k, d)), np.zeros(k)
+    scatter = np.zeros((d, d))
+    for c in range(k):
+        sel = (y == c) & (w > 0)
+        if not sel.any():
+            continue
+        wc, hc = w[sel], h[sel]
+        counts[c], samples[c] = wc.sum(), sel.sum()
+        means[c] = (wc[:, None] * hc).sum(0) / wc.sum()
+        dev = hc - means[c]
+        var[c] = (wc * (dev**2).sum(1)).sum() / wc.sum()
+        scatter += (wc[:, None] * dev).T @ dev
+    return dict(counts=counts, sample_counts=samples, means=means, var_traces=var,
+                within_scatter=scatter / w.sum())
+
+
+def _pop_std(x):
+    x = np.asarray(x)
+    return np.sqrt(np.mean((x - x.mean()) ** 2))
+
+
+def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="uniform",
+                  min_count=1, riesz_s=None):
+    s = naive_stats(h, y, k, w)
+    kept = np.flatnonzero(s["sample_counts"] >= min_count)
+    kk = len(kept)
+    mu, n, var = s["means"][kept], s["counts"][kept], s["var_traces"][kept]
+    g = mu.mean(0) if center == "uniform" else (n[:, None] * mu).sum(0) / n.sum()
+    m = mu - g
+    s_b = m.T @ m / kk
+    out = {"num_classes_kept": kk, "num_pairs": kk * (kk - 1) // 2}
+    out["nc1_trace_ratio"] = np.trace(s["within_scatter"] @ np.linalg.pinv(s_b, rtol=1e-10)) / kk
+    cdnv, cos, logk, riesz = [], [], [], []
+    for i in range(kk):
+        for j in range(i + 1, kk):
+            dist = np.linalg.norm(mu[i] - mu[j])
+            cdnv.append((var[i] + var[j]) / (2 * dist**cdnv_power))
+            c = m[i] @ m[j] / (np.linalg.norm(m[i]) * np.linalg.norm(m[j]))
+            cos.append(c)
+            hat = m[i] / np.linalg.norm(m[i]) - m[j] / np.linalg.norm(m[j])
+            logk.append(np.log(1 / np.linalg.norm(hat)))
+            if riesz_s is not None:
+                riesz.append(np.linalg.norm(hat) ** -riesz_s)
+    norms = np.linalg.norm(m, axis=1)
+    etf = (np.eye(kk) - np.ones((kk, kk)) / kk) / np.sqrt(kk - 1)
+    gram = m @ m.T
+    out.update(
+        cdnv_mean=np.mean(cdnv), cdnv_std=_pop_std(cdnv),
+        norm_mean=norms.mean(), norm_cov=_pop_std(norms) / norms.mean(),
+        log_norm_cov=_pop_std(np.log(norms)) / abs(np.log(norms).mean()),
+        cos_mean=np.mean(cos), cos_std=_pop_std(cos),
+        etf_error=np.linalg.norm(gram / np.linalg.norm(gram) - etf),
+        gnc_log_mean=np.mean(logk), gnc_log_std=_pop_std(logk),
+    )
+    if riesz_s is not None:
+        out.update(riesz_mean=np.mean(riesz), riesz_std=_pop_std(riesz))
+    if classifier is not None:
+        wk = np.asarray(classifier, np.float64)[kept]
+        dual = np.array([wk[c] @ m[c] / (np.linalg.norm(wk[c]) * norms[c]) for c in range(kk)])
+        a = wk @ m.T
+        out.update(
+            dual_cos_mean=dual.mean(), dual_cos_std=_pop_std(dual),
+            unc_cov=_pop_std(dual) / abs(dual.mean()),
+            dual_error=np.linalg.norm(a / np.linalg.norm(a) - etf),
+        )
+    return out
+
+
+def naive_nc4(h, pred, means, kept):
+    d = ((np.asarray(h)[:, None, :] - np.asarray(means)[None, kept, :]) ** 2).sum(-1)
+    return float(np.mean(kept[d.argmin(1)] == np.asarray(pred)))

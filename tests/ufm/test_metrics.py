@@ -1,0 +1,184 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.stats import ortho_group
+
+from tests.conftest import requires_cuda
+from tests.ufm.reference import naive_metrics
+from ufm import PRESETS, MetricOptions, collapse_metrics, stats_from_features
+
+
+def samples(k=40, d=16, n=800, seed=0, weighted=True):
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])  # every class seen
+    h = rng.normal(size=(n, d)) * 0.7 + rng.normal(size=(k, d))[y] * 2
+    w = rng.uniform(0.2, 3.0, n) if weighted else None
+    classifier = rng.normal(size=(k, d)) + rng.normal(size=(k, d))
+    return h, y, w, classifier
+
+
+METRIC_KEYS = [
+    "nc1_trace_ratio", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "cos_mean",
+    "cos_std", "etf_error", "gnc_log_mean", "gnc_log_std",
+]
+DUAL_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(),
+        dict(cdnv_power=4.0, center="uniform"),
+        dict(center="weighted", riesz_s=1.5),
+        dict(min_count=20, tile_size=7),
+        dict(cdnv_power=3.0, tile_size=1),
+    ],
+)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_metrics_equal_naive_float64(options, weighted):
+    h, y, w, W = samples(weighted=weighted)
+    got = collapse_metrics(stats_from_features(h, y, 40, w), W, **options).to_dict()
+    want = naive_metrics(h, y, 40, w, W, **{k: v for k, v in options.items() if k != "tile_size"})
+    assert got["num_classes_kept"] == want["num_classes_kept"]
+    assert got["num_pairs"] == want["num_pairs"]
+    keys = METRIC_KEYS + DUAL_KEYS + (["riesz_mean", "riesz_std"] if "riesz_s" in options else [])
+    for key in keys:
+        assert got[key] == pytest.approx(want[key], rel=1e-9), key
+    if options.get("min_count") == 20:
+        assert 2 <= got["num_classes_kept"] < 40  # the option really dropped classes
+
+
+def test_options_and_presets_are_recorded():
+    h, y, w, W = samples()
+    stats = stats_from_features(h, y, 40, w)
+    lc = collapse_metrics(stats, W, **PRESETS["lc2024"])
+    assert lc.options == {"cdnv_power": 4.0, "center": "uniform", "min_count": 1, "tile_size": None,
+                          "riesz_s": None}
+    assert MetricOptions.preset("lc2024") == MetricOptions(cdnv_power=4.0, center="uniform", min_count=1)
+    assert lc.cdnv_mean != collapse_metrics(stats, W).cdnv_mean
+    assert collapse_metrics(stats).dual_error is None
+    with pytest.raises(ValueError, match="unknown metric preset 'nope'"):
+        MetricOptions.preset("nope")
+
+
+def _stats(h, y, w, k=40):
+    return stats_from_features(h, y, k, w)
+
+
+@given(perm_seed=st.integers(0, 10_000), tile=st.integers(1, 45))
+def test_class_permutation_and_tiling_invariance(perm_seed, tile):
+    h, y, w, W = samples(seed=3)
+    perm = np.random.default_rng(perm_seed).permutation(40)
+    base = collapse_metrics(_stats(h, y, w), W).to_dict()
+    # Relabel class c as perm[c]: the classifier's row for c moves to perm[c] too.
+    W_perm = np.empty_like(W)
+    W_perm[perm] = W
+    moved = collapse_metrics(_stats(h, perm[y], w), W_perm, tile_size=tile).to_dict()
+    for key in METRIC_KEYS + DUAL_KEYS:
+        assert moved[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
+
+
+@given(seed=st.integers(0, 10_000))
+def test_rotation_invariance(seed):
+    h, y, w, W = samples(seed=4)
+    q = ortho_group.rvs(16, random_state=seed)
+    base = collapse_metrics(_stats(h, y, w), W, riesz_s=1.0).to_dict()
+    rot = collapse_metrics(_stats(h @ q.T, y, w), W @ q.T, riesz_s=1.0).to_dict()
+    for key in METRIC_KEYS + DUAL_KEYS + ["riesz_mean", "riesz_std"]:
+        assert rot[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
+
+
+SCALE_FREE = [
+    "nc1_trace_ratio", "cdnv_mean", "cdnv_std", "norm_cov", "cos_mean", "cos_std", "etf_error",
+    "gnc_log_mean", "gnc_log_std", *DUAL_KEYS,
+]
+
+
+@given(scale=st.floats(1e-3, 1e3), w_scale=st.floats(1e-3, 1e3))
+def test_scale_free_metrics_ignore_global_scaling(scale, w_scale):
+    h, y, w, W = samples(seed=5)
+    base = collapse_metrics(_stats(h, y, w), W).to_dict()  # CDNV power 2 is scale-free
+    scaled = collapse_metrics(_stats(h * scale, y, w), W * w_scale).to_dict()
+    for key in SCALE_FREE:
+        assert scaled[key] == pytest.approx(base[key], rel=1e-8, abs=1e-12), key
+    assert scaled["norm_mean"] == pytest.approx(base["norm_mean"] * scale, rel=1e-10)
+
+
+def simplex_etf(k: int, d: int, seed: int = 0) -> np.ndarray:
+    """k unit vectors in R^d (d >= k-1) with pairwise cosine -1/(k-1), randomly rotated."""
+    e = np.eye(k) - 1.0 / k  # rows: a simplex ETF in the (k-1)-dim subspace orthogonal to 1
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    basis = np.linalg.svd(e)[2][: k - 1]  # (k-1, k) orthonormal rows spanning the rows of e
+    coords = e @ basis.T  # (k, k-1)
+    q = ortho_group.rvs(d, random_state=seed)[: k - 1]  # (k-1, d)
+    return coords @ q
+
+
+def test_simplex_etf_and_perfect_collapse_are_exact():
+    k, d = 10, 12
+    means = simplex_etf(k, d) * 5.0 + 1.0  # any offset: the uniform global mean removes it
+    y = np.repeat(np.arange(k), 4)
+    m = collapse_metrics(_stats(means[y], y, None, k), means - means.mean(0))
+    assert m.etf_error == pytest.approx(0.0, abs=1e-12)
+    assert m.cos_mean == pytest.approx(-1 / (k - 1), abs=1e-13) and m.etf_cos_target == -1 / (k - 1)
+    assert m.cos_std == pytest.approx(0.0, abs=1e-13)
+    assert m.norm_cov == pytest.approx(0.0, abs=1e-13)
+    assert m.cdnv_mean == 0.0 and m.cdnv_std == 0.0  # every class collapsed to its mean
+    assert m.nc1_trace_ratio == 0.0
+    assert m.dual_error == pytest.approx(0.0, abs=1e-12)
+    assert m.dual_cos_mean == pytest.approx(1.0, abs=1e-13) and m.unc_cov == pytest.approx(0.0, abs=1e-12)
+    # A simplex ETF's normalized means are sqrt(2k/(k-1)) apart: the log kernel is constant.
+    assert m.gnc_log_mean == pytest.approx(-0.5 * math.log(2 * k / (k - 1)), abs=1e-13)
+
+
+def test_more_classes_than_dimensions_gives_finite_gnc():
+    h, y, w, _ = samples(k=50, d=3, n=500)
+    m = collapse_metrics(_stats(h, y, w, k=50), riesz_s=1.0)
+    assert m.num_classes_kept == 50 > 3 + 1
+    for v in (m.gnc_log_mean, m.gnc_log_std, m.riesz_mean, m.riesz_std, m.etf_error):
+        assert math.isfinite(v)
+    assert m.etf_error > 0.1  # no simplex ETF exists in 3 dimensions for 50 classes
+
+
+def test_coincident_means_give_infinite_cdnv():
+    h = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.0, 3.0], [5.0, 0.0], [6.0, 0.0]])
+    m = collapse_metrics(_stats(h, [0, 0, 1, 1, 2, 2], None, k=3))
+    assert m.cdnv_mean == math.inf
+
+
+def test_bad_inputs():
+    h, y, w, W = samples()
+    stats = _stats(h, y, w)
+    with pytest.raises(ValueError, match=r"classifier must have shape \(40, 16\)"):
+        collapse_metrics(stats, W[:5])
+    bad = W.copy()
+    bad[3, 3] = np.nan
+    with pytest.raises(ValueError, match="classifier contains 1 NaN"):
+        collapse_metrics(stats, bad)
+    with pytest.raises(ValueError, match="only 1 class"):
+        collapse_metrics(_stats(h[:5], np.zeros(5, int), None, k=3))
+    with pytest.raises(ValueError, match="only 0 class"):
+        collapse_metrics(stats, min_count=10_000)
+    with pytest.raises(ValueError, match="center must be 'uniform' or 'weighted'"):
+        collapse_metrics(stats, center="median")
+    with pytest.raises(ValueError, match="min_count must be an integer >= 1"):
+        collapse_metrics(stats, min_count=0)
+    with pytest.raises(ValueError, match="cdnv_power must be a positive number"):
+        collapse_metrics(stats, cdnv_power=-1)
+    with pytest.raises(TypeError, match="stats must be ClassStats"):
+        collapse_metrics(h)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_sweep_equals_cpu():
+    h, y, w, W = samples()
+    cpu = collapse_metrics(_stats(h, y, w), W, riesz_s=1.0).to_dict()
+    gpu = collapse_metrics(_stats(h, y, w).to("cuda"), torch.as_tensor(W, device="cuda"), riesz_s=1.0,
+                           tile_size=16).to_dict()
+    for key in METRIC_KEYS + DUAL_KEYS:
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-9), key

@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.ufm.reference import naive_nc4
+from ufm import NC4Accumulator, nc4_agreement, stats_from_features
+from ufm import nc4 as nc4_module
+
+
+def setup(k=30, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(k, d)) * 3
+    y = np.concatenate([np.arange(k), rng.integers(0, k, 400)])
+    stats = stats_from_features(centers[y] + rng.normal(size=(len(y), d)), y, k)
+    held = rng.integers(0, k, 500)
+    h = centers[held] + rng.normal(size=(500, d)) * 2
+    pred = np.where(rng.random(500) < 0.7, held, rng.integers(0, k, 500))  # a noisy "model"
+    return stats, h, pred
+
+
+def test_nc4_matches_brute_force():
+    stats, h, pred = setup()
+    got = nc4_agreement(h, pred, stats)
+    want = naive_nc4(h, pred, stats.means.numpy(), np.arange(30))
+    assert got == want and 0.3 < got < 1.0
+
+
+def test_nc4_uses_kept_classes_only(monkeypatch):
+    stats, h, pred = setup()
+    min_count = int(np.sort(stats.sample_counts.numpy())[10]) + 1  # drops at least 11 classes
+    kept = np.flatnonzero(stats.sample_counts.numpy() >= min_count)
+    assert 0 < len(kept) < 30
+    # Tiny class tiles exercise the running minimum across tiles.
+    monkeypatch.setattr(nc4_module, "_BLOCK_ENTRIES", 500 * 3)
+    got = nc4_agreement(h, pred, stats, min_count=min_count)
+    assert got == naive_nc4(h, pred, stats.means.numpy(), kept)
+    assert got != nc4_agreement(h, pred, stats)
+
+
+@given(cuts=st.lists(st.integers(0, 500), max_size=6))
+def test_streaming_split_equals_whole(cuts):
+    stats, h, pred = setup(seed=1)
+    bounds = sorted({0, 500, *cuts})
+    shards = [NC4Accumulator(stats), NC4Accumulator(stats)]
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        shards[i % 2].update(h[a:b], pred[a:b])
+    merged = shards[1].merge(shards[0])
+    assert merged.total == 500
+    assert merged.compute() == nc4_agreement(h, pred, stats)
+
+
+def test_nc4_bad_inputs():
+    stats, h, pred = setup()
+    acc = NC4Accumulator(stats)
+    with pytest.raises(ValueError, match=r"features must have shape \(\*, 8\)"):
+        acc.update(h[:, :3], pred)
+    with pytest.raises(ValueError, match=r"predictions must lie in \[0, 30\)"):
+        acc.update(h, pred + 30)
+    with pytest.raises(ValueError, match=r"predictions must have shape \(500,\)"):
+        acc.update(h, pred[:4])
+    with pytest.raises(ValueError, match="features contains 4000 NaN"):
+        acc.update(np.full_like(h, np.nan), pred)
+    with pytest.raises(ValueError, match="no held-out samples"):
+        acc.compute()
+    with pytest.raises(ValueError, match="no class has at least min_count=100000"):
+        NC4Accumulator(stats, min_count=100_000)

@@ -1,0 +1,199 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.ufm.reference import naive_stats
+from ufm import ClassStats, StatsAccumulator, StatsFileError, stats_from_features
+from ufm.io import atomic_write
+
+FIELDS = ("counts", "sample_counts", "means", "var_traces", "within_scatter")
+
+
+def random_samples(n=600, k=40, d=16, weighted=True, seed=0, offset=0.0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    h = rng.normal(size=(n, d)) + rng.normal(size=(k, d))[y] * 3 + offset
+    w = rng.uniform(0.1, 2.0, n) if weighted else None
+    return h, y, w
+
+
+def assert_stats_close(a: ClassStats, b, rtol):
+    for name in FIELDS:
+        x = getattr(a, name).cpu().numpy()
+        y = b[name] if isinstance(b, dict) else getattr(b, name).cpu().numpy()
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol * np.abs(y).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_stats_match_naive_float64(weighted):
+    h, y, w = random_samples(weighted=weighted)
+    stats = stats_from_features(h, y, 40, w)
+    assert_stats_close(stats, naive_stats(h, y, 40, w), rtol=1e-12)
+    assert stats.means.dtype == torch.float64 and stats.sample_counts.dtype == torch.int64
+    assert stats.total == pytest.approx(len(y) if w is None else w.sum(), rel=1e-14)
+
+
+def test_large_offset_does_not_cancel():
+    # Raw-sum formulas lose everything here (offset^2 / var ~ 1e16); Chan merges do not.
+    h, y, _ = random_samples(n=400, k=5, d=4, weighted=False, offset=1e8)
+    acc = StatsAccumulator(5, 4)
+    for part in np.array_split(np.arange(len(y)), 13):
+        acc.update(h[part], y[part])
+    assert_stats_close(acc.compute(), naive_stats(h, y, 5), rtol=1e-6)
+
+
+@given(
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+    order=st.permutations(range(4)),
+    seed=st.integers(0, 1000),
+)
+def test_any_batch_split_and_merge_order_equals_one_pass(cuts, order, seed):
+    h, y, w = random_samples(n=300, k=40, d=16, seed=seed)
+    whole = stats_from_features(h, y, 40, w)
+    bounds = sorted(set([0, 300, *cuts]))
+    batches = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    # Batches go round-robin into 4 shards; the shards merge in a random order.
+    shards = [StatsAccumulator(40, 16) for _ in range(4)]
+    for i, sl in enumerate(batches):
+        shards[i % 4].update(h[sl], y[sl], w[sl])
+    merged = StatsAccumulator(40, 16)
+    for i in order:
+        merged.merge(shards[i])
+    assert_stats_close(merged.compute(), whole, rtol=1e-12)
+
+
+def test_zero_weight_samples_contribute_nothing():
+    h, y, w = random_samples()
+    w[::3] = 0.0
+    keep = w > 0
+    assert_stats_close(stats_from_features(h, y, 40, w), stats_from_features(h[keep], y[keep], 40, w[keep]), 1e-13)
+
+
+def test_empty_and_single_sample_classes_are_defined():
+    h = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    stats = stats_from_features(h, [0, 0, 2], 4)
+    assert stats.counts.tolist() == [2.0, 0.0, 1.0, 0.0]
+    assert stats.sample_counts.tolist() == [2, 0, 1, 0]
+    assert stats.var_traces.tolist() == [2.0, 0.0, 0.0, 0.0]  # deviations (+-1, +-1): (2 + 2) / 2
+    assert stats.means[1].tolist() == [0.0, 0.0] and stats.means[2].tolist() == [5.0, 6.0]
+
+
+def test_from_stats_resumes_exactly():
+    h, y, w = random_samples()
+    first = StatsAccumulator(40, 16).update(h[:250], y[:250], w[:250]).compute()
+    resumed = StatsAccumulator.from_stats(first).update(h[250:], y[250:], w[250:])
+    assert_stats_close(resumed.compute(), stats_from_features(h, y, 40, w), rtol=1e-12)
+
+
+def test_save_load_roundtrip(tmp_path):
+    h, y, w = random_samples()
+    stats = stats_from_features(h, y, 40, w)
+    stats = ClassStats(**{f: getattr(stats, f) for f in FIELDS}, metadata={"model": "tiny", "n": 3})
+    path = stats.save(tmp_path / "sub" / "stats.safetensors")
+    loaded = ClassStats.load(path)
+    for name in FIELDS:
+        assert torch.equal(getattr(loaded, name), getattr(stats, name)), name
+    assert loaded.metadata == {"model": "tiny", "n": 3}
+    assert [p.name for p in path.parent.iterdir()] == ["stats.safetensors"]  # no temp file left
+
+
+def test_load_truncated_file(tmp_path):
+    path = stats_from_features(*random_samples()[:2], 40).save(tmp_path / "s.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(StatsFileError, match="truncated or corrupt|truncated"):
+        ClassStats.load(path)
+    path.write_bytes(data[:5])
+    with pytest.raises(StatsFileError, match="too short"):
+        ClassStats.load(path)
+
+
+def test_load_foreign_files(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a statistics file at all")
+    with pytest.raises(StatsFileError, match="not a statistics file"):
+        ClassStats.load(text)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(3)}, str(other))
+    with pytest.raises(StatsFileError, match="not a Collapse Lab statistics file"):
+        ClassStats.load(other)
+    with pytest.raises(FileNotFoundError, match="no statistics file"):
+        ClassStats.load(tmp_path / "missing.safetensors")
+
+
+def test_load_other_format_version(tmp_path):
+    from safetensors.torch import save_file
+
+    stats = stats_from_features(*random_samples()[:2], 40)
+    path = tmp_path / "s.safetensors"
+    header = {"format": "collapse-lab/class-stats", "version": "99", "metadata": "{}"}
+    save_file({f: getattr(stats, f) for f in FIELDS}, str(path), metadata=header)
+    with pytest.raises(StatsFileError, match="format version 99"):
+        ClassStats.load(path)
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = tmp_path / "stats.safetensors"
+    stats_from_features(*random_samples()[:2], 40).save(path)
+    before = path.read_bytes()
+
+    def disk_full(tmp):
+        tmp.write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, disk_full)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.safetensors"]
+
+
+@pytest.mark.parametrize(
+    "features, labels, weights, error, match",
+    [
+        (np.zeros((4, 3)), [0, 1, 2, 3], None, ValueError, r"features must have shape \(\*, 16\)"),
+        (np.zeros((4, 16)), [0, 1, 2], None, ValueError, r"labels must have shape \(4,\)"),
+        (np.zeros((4, 16)), [0, 1, 2, 40], None, ValueError, r"labels must lie in \[0, 40\)"),
+        (np.zeros((4, 16)), [0, -1, 2, 3], None, ValueError, r"labels must lie in \[0, 40\)"),
+        (np.zeros((4, 16)), [0.0, 1.0, 2.0, 3.0], None, TypeError, "labels must be integers"),
+        (np.full((4, 16), np.nan), [0, 1, 2, 3], None, ValueError, "features contains 64 NaN or Inf"),
+        (np.full((4, 16), np.inf), [0, 1, 2, 3], None, ValueError, "features contains 64 NaN or Inf"),
+        (np.zeros((4, 16)), [0, 1, 2, 3], [1.0, -1.0, 1.0, 1.0], ValueError, "weights must be non-negative"),
+        (np.zeros((4, 16)), [0, 1, 2, 3], [1.0, 1.0], ValueError, r"weights must have shape \(4,\)"),
+        (np.zeros((4, 16)), [0, 1, 2, 3], [1.0, np.nan, 1.0, 1.0], ValueError, "weights contains 1 NaN"),
+    ],
+)
+def test_bad_batches_raise_and_leave_state_unchanged(features, labels, weights, error, match):
+    h, y, w = random_samples()
+    acc = StatsAccumulator(40, 16).update(h, y, w)
+    before = acc.compute()
+    with pytest.raises(error, match=match):
+        acc.update(features, labels, weights)
+    assert_stats_close(acc.compute(), before, rtol=0)
+
+
+def test_empty_inputs():
+    with pytest.raises(ValueError, match="features is empty"):
+        stats_from_features(np.zeros((0, 3)), np.zeros(0, np.int64), 4)
+    acc = StatsAccumulator(4, 3).update(np.zeros((0, 3)), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="no samples were accumulated"):
+        acc.compute()
+
+
+def test_bad_construction_and_merge():
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+        StatsAccumulator(0, 3)
+    with pytest.raises(ValueError, match=r"cannot merge statistics of \(K=5, D=3\)"):
+        StatsAccumulator(4, 3).merge(StatsAccumulator(5, 3))
+    with pytest.raises(TypeError, match="can only merge a StatsAccumulator"):
+        StatsAccumulator(4, 3).merge("stats")
+    good = stats_from_features(np.eye(3), [0, 1, 2], 3)
+    with pytest.raises(ValueError, match=r"within_scatter must have shape \(3, 3\)"):
+        ClassStats(good.counts, good.sample_counts, good.means, good.var_traces, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="means contains 1 NaN"):
+        bad = good.means.clone()
+        bad[0, 0] = float("nan")
+        ClassStats(good.counts, good.sample_counts, bad, good.var_traces, good.within_scatter)

@@ -1,0 +1,193 @@
+"""Neural-collapse metrics as pure functions of ClassStats (and a classifier W).
+
+Definitions follow SCIENCE.md section 2:
+- NC1 trace ratio Tr(S_W S_B^+) / K (Papyan, Han, Donoho, PNAS 2020) and the class-distance
+  normalized variance, CDNV (Galanti, Gyorgy, Hutter, ICLR 2022; power 4 in Wu & Papyan's code);
+- NC2 equinorm (CoV of ||m_c|| and of log ||m_c||), equiangularity (cosines of centered means) and
+  the ETF error (Papyan et al. 2020; Wu & Papyan, NeurIPS 2024);
+- GNC2 hyperspherical uniformity, the log / Riesz kernel of normalized means (Liu et al. 2023);
+- NC3 self-duality cos(w_c, m_c) and the dual error, UNC3 its spread (Wu & Papyan 2024).
+
+Only kept classes (sample count >= min_count) take part. "std" is the population standard deviation
+and "CoV" is std / |mean|. Pairwise quantities come from one tiled sweep (ufm.pairwise).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from ._validate import as_tensor, check_finite, check_positive_int, check_shape
+from .pairwise import pairwise_sweep
+from .stats import ClassStats
+
+# Eigenvalues of S_B below this fraction of the largest count as zero in the pseudo-inverse: S_B
+# has rank <= K-1, and its null eigenvalues come out of eigh at ~D eps relative, not exactly 0.
+PINV_RTOL = 1e-10
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Papyan, Han & Donoho (2020) with Galanti et al.'s CDNV: squared distances, token-weighted mean.
+    "papyan2020": dict(cdnv_power=2.0, center="weighted", min_count=1),
+    # Wu & Papyan, "Linguistic Collapse" (NeurIPS 2024) code: an extra power in the CDNV
+    # denominator, the class-uniform global mean, every class seen at least once.
+    "lc2024": dict(cdnv_power=4.0, center="uniform", min_count=1),
+}
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    cdnv_power: float = 2.0  # p in (s_c + s_c') / (2 ||mu_c - mu_c'||^p); 2 Galanti, 4 LC code
+    center: Literal["uniform", "weighted"] = "uniform"  # global mean: of class means, or of samples
+    min_count: int = 1  # classes with fewer samples are left out
+    tile_size: int | None = None  # pairwise tile edge; None: 1024 on CPU, 4096 on CUDA
+    riesz_s: float | None = None  # also report the Riesz s-kernel ||m^_c - m^_c'||^-s
+
+    def __post_init__(self) -> None:
+        if self.center not in ("uniform", "weighted"):
+            raise ValueError(f"center must be 'uniform' or 'weighted', got {self.center!r}")
+        if not (isinstance(self.cdnv_power, (int, float)) and self.cdnv_power > 0):
+            raise ValueError(f"cdnv_power must be a positive number, got {self.cdnv_power!r}")
+        check_positive_int(self.min_count, "min_count")
+        if self.tile_size is not None:
+            check_positive_int(self.tile_size, "tile_size")
+        if self.riesz_s is not None and not self.riesz_s > 0:
+            raise ValueError(f"riesz_s must be positive, got {self.riesz_s!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MetricOptions:
+        if name not in PRESETS:
+            raise ValueError(f"unknown metric preset {name!r}; known: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+@dataclass(frozen=True)
+class CollapseMetrics:
+    num_classes_kept: int
+    num_pairs: int
+    nc1_trace_ratio: float  # Tr(S_W S_B^+) / K
+    cdnv_mean: float  # mean CDNV over pairs of kept classes
+    cdnv_std: float
+    norm_mean: float  # mean ||m_c||
+    norm_cov: float  # std / mean of ||m_c||
+    log_norm_cov: float  # std / |mean| of log ||m_c||
+    cos_mean: float  # mean cos(m_c, m_c') over pairs; simplex ETF: -1/(K-1)
+    cos_std: float
+    etf_error: float  # || M M^T / ||M M^T||_F - (I - 11^T/K) / sqrt(K-1) ||_F
+    gnc_log_mean: float  # mean log(1 / ||m^_c - m^_c'||) over pairs
+    gnc_log_std: float
+    riesz_mean: float | None = None  # mean ||m^_c - m^_c'||^-s, with options.riesz_s
+    riesz_std: float | None = None
+    dual_cos_mean: float | None = None  # mean over classes of cos(w_c, m_c), with a classifier
+    dual_cos_std: float | None = None
+    unc_cov: float | None = None  # dual_cos_std / |dual_cos_mean|
+    dual_error: float | None = None  # || W M^T / ||W M^T||_F - (I - 11^T/K) / sqrt(K-1) ||_F
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def etf_cos_target(self) -> float:
+        """-1/(K-1): the pairwise cosine of a simplex ETF with the kept number of classes."""
+        return -1.0 / (self.num_classes_kept - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def collapse_metrics(
+    stats: ClassStats,
+    classifier=None,
+    *,
+    cdnv_power: float = 2.0,
+    center: Literal["uniform", "weighted"] = "uniform",
+    min_count: int = 1,
+    tile_size: int | None = None,
+    riesz_s: float | None = None,
+) -> CollapseMetrics:
+    """Every neural-collapse metric of ``stats`` (and of the classifier ``W`` (K, D), if given).
+
+    Presets: ``collapse_metrics(stats, W, **PRESETS["lc2024"])`` reproduces Linguistic Collapse.
+    Runs on the device of ``stats`` (use ``stats.to("cuda")`` for a GPU sweep).
+
+    The NC1 trace ratio uses the pooled S_W of all samples; when ``min_count`` > 1 drops classes,
+    their within-class scatter still counts there (per-class covariances are never kept).
+    Two kept classes with identical means make the CDNV infinite; a kept class whose mean equals
+    the global mean has no direction, and the cosine metrics become NaN.
+    """
+    if not isinstance(stats, ClassStats):
+        raise TypeError(f"stats must be ClassStats, got {type(stats).__name__}")
+    opts = MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s)
+    dev = stats.device
+    kept = torch.nonzero(stats.sample_counts >= opts.min_count).flatten()  # (K',)
+    k = int(kept.numel())
+    if k < 2:
+        raise ValueError(
+            f"only {k} class(es) have at least min_count={opts.min_count} samples; "
+            "collapse metrics need at least 2"
+        )
+    w = None
+    if classifier is not None:
+        w = as_tensor(classifier, "classifier", device=dev, dtype=torch.float64)
+        check_shape(w, "classifier", (stats.num_classes, stats.dim))
+        check_finite(w, "classifier")
+        w = w[kept]  # (K', D)
+
+    means = stats.means[kept]  # (K', D)
+    counts = stats.counts[kept]
+    if opts.center == "uniform":
+        global_mean = means.mean(0)
+    else:
+        global_mean = (counts[:, None] * means).sum(0) / counts.sum()
+    centered = means - global_mean  # (K', D)
+
+    norms = centered.norm(dim=1)  # (K',)
+    log_norms = norms.log()
+    tile = opts.tile_size or (4096 if dev.type == "cuda" else 1024)
+    pairs = pairwise_sweep(
+        centered, stats.var_traces[kept], cdnv_power=float(opts.cdnv_power), tile_size=tile,
+        riesz_s=opts.riesz_s, classifier=w,
+    )
+    dual = {}
+    if w is not None:
+        dual_cos = (w * centered).sum(1) / (w.norm(dim=1) * norms)  # (K',)
+        mean, std = _mean_std(dual_cos)
+        dual = dict(dual_cos_mean=mean, dual_cos_std=std, unc_cov=std / abs(mean),
+                    dual_error=pairs.dual_error)
+    riesz = dict(riesz_mean=pairs.riesz[0], riesz_std=pairs.riesz[1]) if pairs.riesz else {}
+    norm_mean, norm_std = _mean_std(norms)
+    log_mean, log_std = _mean_std(log_norms)
+    return CollapseMetrics(
+        num_classes_kept=k,
+        num_pairs=pairs.num_pairs,
+        nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, centered),
+        cdnv_mean=pairs.cdnv[0],
+        cdnv_std=pairs.cdnv[1],
+        norm_mean=norm_mean,
+        norm_cov=norm_std / norm_mean,
+        log_norm_cov=log_std / abs(log_mean),
+        cos_mean=pairs.cos[0],
+        cos_std=pairs.cos[1],
+        etf_error=pairs.etf_error,
+        gnc_log_mean=pairs.log_kernel[0],
+        gnc_log_std=pairs.log_kernel[1],
+        options=asdict(opts),
+        **riesz,
+        **dual,
+    )
+
+
+def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) -> float:
+    """Tr(S_W S_B^+) / K with S_B = M^T M / K, M the (K, D) centered means (Papyan et al. 2020)."""
+    k = centered_means.shape[0]
+    between = centered_means.T @ centered_means / k  # (D, D)
+    evals, evecs = torch.linalg.eigh(between)
+    keep = evals > PINV_RTOL * evals.max()
+    v = evecs[:, keep]  # (D, r)
+    projected = (v * (within_scatter @ v)).sum(0)  # (r,) v^T S_W v
+    return float((projected / evals[keep]).sum()) / k
+
+
+def _mean_std(x: torch.Tensor) -> tuple[float, float]:
+    mean = x.mean()
+    return float(mean), float((x - mean).square().mean().sqrt())
+

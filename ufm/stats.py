@@ -1,0 +1,274 @@
+"""Sufficient statistics of a classification geometry, accumulated in one pass and merged exactly.
+
+Samples are features h_i in R^D with labels y_i in {0..K-1} and weights w_i >= 0. Per class c the
+accumulator keeps the weight n_c, the mean mu_c and M2_c = sum_i w_i ||h_i - mu_c||^2; for all
+classes together the pooled within-class scatter sum_i w_i (h_i - mu_{y_i})(h_i - mu_{y_i})^T.
+Everything is float64 (counts of samples int64), and batches, shards and processes all meet in one
+code path, Chan's pairwise merge (Chan, Golub, LeVeque 1979):
+
+    n = n_a + n_b;  delta = mu_b - mu_a;  mu = mu_a + delta n_b / n
+    M2 = M2_a + M2_b + ||delta||^2 n_a n_b / n
+    S  = S_a + S_b + sum_c (n_a,c n_b,c / n_c) delta_c delta_c^T
+
+so the result does not depend on how the samples were split or in which order parts were merged,
+and no large raw sums are ever subtracted. No per-class D x D covariance is kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ._validate import as_tensor, check_finite, check_labels, check_positive_int, check_shape
+from .io import atomic_write
+
+FORMAT_NAME = "collapse-lab/class-stats"
+FORMAT_VERSION = 1
+_TENSOR_NAMES = ("counts", "sample_counts", "means", "var_traces", "within_scatter")
+
+
+class StatsFileError(ValueError):
+    """A statistics file that is truncated, corrupt, of another format version, or not one at all."""
+
+
+@dataclass(frozen=True, eq=False)
+class ClassStats:
+    """Per-class sufficient statistics of features (see SCIENCE.md section 1).
+
+    A class with no samples has count 0, a zero mean and a zero variance; the metrics drop it.
+    A class with a single sample has variance 0 and is kept (min_count=1), as in Wu & Papyan.
+    """
+
+    counts: torch.Tensor  # (K,) float64: n_c, total weight of class c
+    sample_counts: torch.Tensor  # (K,) int64: samples of class c with positive weight
+    means: torch.Tensor  # (K, D) float64: mu_c
+    var_traces: torch.Tensor  # (K,) float64: sigma2_c = (1/n_c) sum w ||h - mu_c||^2
+    within_scatter: torch.Tensor  # (D, D) float64: S_W = (1/N) sum w (h - mu_y)(h - mu_y)^T
+    metadata: dict[str, Any] = field(default_factory=dict)  # provenance: model, corpus, options
+
+    def __post_init__(self) -> None:
+        if self.means.dim() != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(self.means.shape)}")
+        k, d = self.means.shape
+        check_shape(self.counts, "counts", (k,))
+        check_shape(self.sample_counts, "sample_counts", (k,))
+        check_shape(self.var_traces, "var_traces", (k,))
+        check_shape(self.within_scatter, "within_scatter", (d, d))
+        for name in ("counts", "means", "var_traces", "within_scatter"):
+            check_finite(getattr(self, name), name)
+        if bool((self.counts < 0).any()) or bool((self.sample_counts < 0).any()):
+            raise ValueError("counts must be non-negative")
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def total(self) -> float:
+        """N, the total weight of all samples."""
+        return float(self.counts.sum())
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    def to(self, device: str | torch.device) -> ClassStats:
+        return ClassStats(
+            **{name: getattr(self, name).to(device) for name in _TENSOR_NAMES},
+            metadata=dict(self.metadata),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file (tensors + JSON header metadata), atomically."""
+        tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_NAMES}
+        header = {
+            "format": FORMAT_NAME,
+            "version": str(FORMAT_VERSION),
+            "metadata": json.dumps(self.metadata, sort_keys=True, default=str),
+        }
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> ClassStats:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no statistics file at {path}")
+        header = _read_header(path)
+        if header.get("format") != FORMAT_NAME:
+            raise StatsFileError(f"{path} is not a Collapse Lab statistics file")
+        if header.get("version") != str(FORMAT_VERSION):
+            raise StatsFileError(
+                f"{path} has statistics format version {header.get('version')}; "
+                f"this version of Collapse Lab reads version {FORMAT_VERSION}"
+            )
+        try:
+            tensors = load_file(str(path), device=str(device))
+            metadata = json.loads(header.get("metadata", "{}"))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise StatsFileError(f"{path} is truncated or corrupt: {err}") from err
+        missing = [n for n in _TENSOR_NAMES if n not in tensors]
+        if missing:
+            raise StatsFileError(f"{path} lacks the tensor(s) {', '.join(missing)}")
+        try:
+            return cls(**{n: tensors[n] for n in _TENSOR_NAMES}, metadata=metadata)
+        except ValueError as err:
+            raise StatsFileError(f"{path} holds inconsistent statistics: {err}") from err
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    """The safetensors header metadata, without reading the tensors."""
+    # Layout: 8-byte little-endian header length, then a JSON header, then the tensor bytes.
+    with open(path, "rb") as fh:
+        prefix = fh.read(8)
+        size = path.stat().st_size
+        if len(prefix) < 8:
+            raise StatsFileError(f"{path} is not a statistics file (too short: {size} bytes)")
+        n = int.from_bytes(prefix, "little")
+        if n <= 0 or n > size - 8:
+            raise StatsFileError(f"{path} is not a statistics file, or it is truncated")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise StatsFileError(f"{path} is not a statistics file (unreadable header)") from err
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+class StatsAccumulator:
+    """Streaming, mergeable accumulator of :class:`ClassStats`.
+
+    ``update`` folds in a batch, ``merge`` folds in another accumulator (a shard, a rank); both use
+    the same Chan merge, so any split of the samples gives the same statistics to rounding.
+    State lives on ``device`` in float64 whatever the features' dtype.
+    """
+
+    def __init__(self, num_classes: int, dim: int, *, device: str | torch.device = "cpu"):
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.dim = check_positive_int(dim, "dim")
+        self.device = torch.device(device)
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self._n = torch.zeros(num_classes, **f64)  # (K,)
+        self._count = torch.zeros(num_classes, dtype=torch.int64, device=self.device)  # (K,)
+        self._mean = torch.zeros(num_classes, dim, **f64)  # (K, D)
+        self._m2 = torch.zeros(num_classes, **f64)  # (K,)
+        self._scatter = torch.zeros(dim, dim, **f64)  # (D, D)
+
+    @classmethod
+    def from_stats(cls, stats: ClassStats, *, device: str | torch.device | None = None):
+        """The accumulator whose ``compute()`` gives ``stats`` back: resume from a checkpoint."""
+        acc = cls(stats.num_classes, stats.dim, device=device or stats.device)
+        stats = stats.to(acc.device)
+        acc._n = stats.counts.clone()
+        acc._count = stats.sample_counts.clone()
+        acc._mean = stats.means.clone()
+        acc._m2 = stats.var_traces * stats.counts
+        acc._scatter = stats.within_scatter * stats.total
+        return acc
+
+    @property
+    def total(self) -> float:
+        return float(self._n.sum())
+
+    def update(self, features, labels, weights=None) -> StatsAccumulator:
+        """Fold in a batch: features (B, D), labels (B,) in [0, K), weights (B,) >= 0 or None.
+
+        Everything is checked before any state changes, so a bad batch leaves the accumulator as
+        it was. Samples of weight 0 contribute nothing. An empty batch is a no-op.
+        """
+        h = as_tensor(features, "features", device=self.device)
+        check_shape(h, "features", (None, self.dim))
+        y = as_tensor(labels, "labels", device=self.device)
+        check_shape(y, "labels", (h.shape[0],))
+        check_labels(y, self.num_classes)
+        check_finite(h, "features")
+        h = h.to(torch.float64)
+        if weights is None:
+            w = torch.ones(h.shape[0], dtype=torch.float64, device=self.device)
+        else:
+            w = as_tensor(weights, "weights", device=self.device, dtype=torch.float64)
+            check_shape(w, "weights", (h.shape[0],))
+            check_finite(w, "weights")
+            if bool((w < 0).any()):
+                raise ValueError("weights must be non-negative")
+            keep = w > 0
+            if not bool(keep.all()):
+                h, y, w = h[keep], y[keep], w[keep]
+        if h.shape[0] == 0:
+            return self
+
+        classes, inv = torch.unique(y.long(), return_inverse=True)  # (Kb,), (B,)
+        kb = classes.shape[0]
+        n_b = torch.zeros(kb, dtype=torch.float64, device=self.device).index_add_(0, inv, w)
+        count_b = torch.bincount(inv, minlength=kb)
+        sums = torch.zeros(kb, self.dim, dtype=torch.float64, device=self.device)
+        mean_b = sums.index_add_(0, inv, h * w[:, None]) / n_b[:, None]  # (Kb, D)
+        centered = h - mean_b[inv]  # (B, D): two-pass within the batch, exact enough
+        m2_b = torch.zeros(kb, dtype=torch.float64, device=self.device)
+        m2_b.index_add_(0, inv, w * centered.square().sum(1))
+        scatter_b = (centered * w[:, None]).T @ centered  # (D, D)
+        self._merge_classes(classes, n_b, count_b, mean_b, m2_b, scatter_b)
+        return self
+
+    def merge(self, other: StatsAccumulator) -> StatsAccumulator:
+        """Fold in another accumulator over the same classes and dimension (a shard, a rank)."""
+        if not isinstance(other, StatsAccumulator):
+            raise TypeError(f"can only merge a StatsAccumulator, got {type(other).__name__}")
+        if (other.num_classes, other.dim) != (self.num_classes, self.dim):
+            raise ValueError(
+                f"cannot merge statistics of (K={other.num_classes}, D={other.dim}) into "
+                f"(K={self.num_classes}, D={self.dim})"
+            )
+        idx = torch.nonzero(other._n > 0).flatten().to(self.device)
+        o = lambda t: t.to(self.device)  # noqa: E731
+        self._merge_classes(
+            idx, o(other._n)[idx], o(other._count)[idx], o(other._mean)[idx], o(other._m2)[idx],
+            o(other._scatter),
+        )
+        return self
+
+    def _merge_classes(self, idx, n_b, count_b, mean_b, m2_b, scatter_b) -> None:
+        """Chan's merge of part b (classes ``idx``, all with n_b > 0) into this state."""
+        n_a = self._n[idx]  # (Kb,)
+        n = n_a + n_b
+        delta = mean_b - self._mean[idx]  # (Kb, D)
+        coef = n_a * n_b / n  # (Kb,)
+        self._mean[idx] += delta * (n_b / n)[:, None]
+        self._m2[idx] += m2_b + coef * delta.square().sum(1)
+        self._scatter += scatter_b + (delta * coef[:, None]).T @ delta
+        self._n[idx] = n
+        self._count[idx] += count_b
+
+    def compute(self, metadata: dict[str, Any] | None = None) -> ClassStats:
+        total = self._n.sum()
+        if not bool(total > 0):
+            raise ValueError("no samples were accumulated: statistics of an empty input")
+        var = torch.where(self._n > 0, self._m2 / self._n.clamp_min(1e-300), torch.zeros_like(self._m2))
+        return ClassStats(
+            counts=self._n.clone(),
+            sample_counts=self._count.clone(),
+            means=self._mean.clone(),
+            var_traces=var,
+            within_scatter=self._scatter / total,
+            metadata=dict(metadata or {}),
+        )
+
+
+def stats_from_features(features, labels, num_classes: int, weights=None) -> ClassStats:
+    """ClassStats of one set of samples: features (N, D), labels (N,), optional weights (N,)."""
+    h = as_tensor(features, "features")
+    if h.dim() != 2:
+        raise ValueError(f"features must have shape (N, D), got {tuple(h.shape)}")
+    if h.shape[0] == 0:
+        raise ValueError("features is empty: statistics need at least one sample")
+    acc = StatsAccumulator(num_classes, h.shape[1], device=h.device)
+    return acc.update(h, labels, weights).compute()
