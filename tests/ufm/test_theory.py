@@ -1,0 +1,253 @@
+"""Theory checks: each prediction computed independently (closed form or cvxpy) and compared with
+what the simulator converged to, with the tolerance stated per test."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import requires_cuda
+from ufm import collapse_metrics
+from ufm.convex import (ConvexSolveError, LogitsProblem, linear_finite_component, linear_ntp_svm,
+                        ntp_svm, ntp_svm_result)
+from ufm.targets import NTPTargets, one_hot, random_supports
+from ufm.theory import (centered_support, gram_cosine, one_hot_lmm, project_f, seli, simplex_etf,
+                        simplex_etf_gram, sparse_component, subspace_collapse_ratio, support_certificate)
+from ufm.train import train_ufm
+
+SMALL = dict(device="cpu", snapshots=3)
+
+
+@pytest.fixture(scope="module")
+def small_language():
+    return random_supports(10, 8, (1, 3), probs="zipf", seed=1)  # V=8, m=10, k_j <= 3
+
+
+def test_balanced_one_hot_reaches_simplex_etf_with_defaults():
+    # The issue's acceptance case: K=10, 5 contexts each, d=16, weight decay 1e-3, default optimizer.
+    r = train_ufm(one_hot([5] * 10), 16, weight_decay=1e-3, steps=20_000, **SMALL)
+    G = (r.W @ r.W.T).numpy()
+    assert gram_cosine(G, simplex_etf_gram(10)) == pytest.approx(1.0, abs=1e-3)
+    E = simplex_etf_gram(10)
+    assert np.linalg.norm(G / np.linalg.norm(G) - E / np.linalg.norm(E)) < 1e-3
+    m = r.metrics()
+    assert m.etf_error < 1e-3 and m.nc1_trace_ratio < 1e-3 and m.dual_error < 1e-3
+
+
+def test_balanced_ce_closed_form_norms():
+    # SCIENCE.md 5: K=5, n=20, lambda_W = lambda_H = 5e-3 -> ||w_k||^2 = 13.26168.
+    lam, n, k = 5e-3, 20, 5
+    # ((K-1)/K) sqrt(n lam_H / lam_W) log(1 / sqrt(n lam_W lam_H) - (K-1))
+    want = (k - 1) / k * math.sqrt(n) * math.log(1 / math.sqrt(n * lam * lam) - (k - 1))
+    assert want == pytest.approx(13.26168, abs=1e-5)
+    r = train_ufm(one_hot([n] * k), 8, weight_decay=lam, steps=6000, optimizer="gd", lr=50.0,
+                  lr_schedule="constant", **SMALL)
+    np.testing.assert_allclose(r.W.square().sum(1).numpy(), want, rtol=1e-6)
+
+
+def test_factorized_ufm_reaches_convex_optimum(small_language):
+    lam = 1e-2
+    convex = LogitsProblem(small_language).solve(lam)
+    r = train_ufm(small_language, 8, weight_decay=lam, steps=20_000, optimizer="gd", lr=5.0,
+                  lr_schedule="constant", **SMALL)  # d = V >= min(V-1, m)
+    W, H, L = r.W.numpy(), r.H.numpy(), r.logits()
+    assert r.history[-1]["objective"] == pytest.approx(convex.value, rel=1e-4)
+    np.testing.assert_allclose(L, convex.solution, atol=1e-3 * np.abs(convex.solution).max())
+    np.testing.assert_allclose(W.T @ W, H @ H.T, atol=1e-8)  # balanced factors
+    nuc = np.linalg.norm(L, "nuc")
+    assert (W**2).sum() == pytest.approx(nuc, rel=1e-8) and (H**2).sum() == pytest.approx(nuc, rel=1e-8)
+    np.testing.assert_allclose(L.sum(0), 0.0, atol=1e-8)  # 1^T L = 0
+
+
+def test_regularization_path_in_f_and_f_perp(small_language):
+    S, l_in = small_language.support(), sparse_component(small_language)
+    l_mm = ntp_svm(S)
+    problem = LogitsProblem(small_language)
+    dists, coss, nucs = [], [], []
+    for lam in (1e-2, 1e-3, 1e-4):
+        L = problem.solve(lam).solution
+        pf = project_f(L, S)
+        dists.append(np.linalg.norm(pf - l_in))
+        coss.append(gram_cosine(L - pf, l_mm))
+        nucs.append(np.linalg.norm(L, "nuc"))
+    assert dists[0] > dists[1] > dists[2] and dists[2] < 0.01  # P_F(L_lambda) -> L_in
+    assert coss[0] < coss[1] < coss[2] and coss[2] > 0.97  # cos(P_Fperp L_lambda, L_mm) -> 1
+    slope = (nucs[2] - nucs[1]) / math.log(10)  # per unit of ln(1/lambda)
+    assert slope == pytest.approx(np.linalg.norm(l_mm, "nuc"), rel=0.05)
+
+
+@pytest.mark.slow
+def test_simulator_follows_regularization_path(small_language):
+    S, l_in = small_language.support(), sparse_component(small_language)
+    dists, coss = [], []
+    for lam in (1e-2, 1e-3, 1e-4):
+        r = train_ufm(small_language, 8, weight_decay=lam, steps=60_000, optimizer="gd", lr=5.0,
+                      lr_schedule="constant", l_mm=ntp_svm(S), **SMALL)
+        dists.append(r.history[-1]["pf_dist"])
+        coss.append(r.history[-1]["cos_mm"])
+    assert dists[0] > dists[1] > dists[2]
+    assert coss[0] < coss[1] < coss[2]
+
+
+def test_same_support_contexts_have_identical_lmm_columns_and_collapse():
+    t = random_supports(24, 12, (2, 3), probs="zipf", num_patterns=4, seed=0)
+    l_mm = ntp_svm(t.support())
+    for group in t.support_groups():
+        np.testing.assert_allclose(l_mm[:, group], l_mm[:, group[:1]].repeat(len(group), 1), atol=1e-5)
+    r = train_ufm(t, 16, weight_decay=0.0, steps=4000, optimizer="ngd", lr=0.5, device="cpu",
+                  snapshots=[100, 1000], track_subspace=True)
+    ratios = r.series("subspace_ratio")
+    assert ratios[0] > ratios[-1] and ratios[-1] < 0.5 * ratios[0]
+    assert subspace_collapse_ratio(r.W.numpy(), r.H.numpy(), t) == pytest.approx(ratios[-1])
+
+
+def test_one_hot_lmm_is_centered_labels_and_seli():
+    counts = [4, 4, 2, 1]
+    labels = np.repeat(np.arange(4), counts)
+    np.testing.assert_allclose(ntp_svm(one_hot(counts).support()), one_hot_lmm(labels, 4), atol=1e-6)
+    r = train_ufm(one_hot(counts), 8, weight_decay=1e-4, steps=5000, **SMALL)
+    grams = seli(counts)
+    W, H = r.W.numpy(), r.H.numpy()
+    assert gram_cosine(W @ W.T, grams.words) > 0.995  # SELI to 5e-3 at lambda = 1e-4
+    assert gram_cosine(H.T @ H, grams.contexts) > 0.995
+
+
+def test_minority_collapse_with_weight_decay():
+    # Fang et al. 2021: as minority classes get rarer, their classifiers' mean cosine rises.
+    def minority_cos(ratio):
+        r = train_ufm(one_hot([ratio] * 3 + [1] * 3), 6, weight_decay=5e-3, steps=3000, **SMALL)
+        w = torch.nn.functional.normalize(r.W[3:], dim=1)
+        c = (w @ w.T).numpy()
+        return c[np.triu_indices(3, 1)].mean()
+
+    cosines = [minority_cos(r) for r in (1, 10, 100)]
+    assert cosines[0] < cosines[1] < cosines[2]
+
+
+def test_one_shared_support_gives_rank_one_centered_support():
+    S = np.zeros((7, 5))
+    S[[1, 3, 4], :] = 1.0
+    l_mm = ntp_svm(S)
+    np.testing.assert_allclose(l_mm, centered_support(S), atol=1e-6)
+    assert np.linalg.matrix_rank(l_mm, tol=1e-6) == 1
+    assert support_certificate(S).exact
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 10_000), m=st.integers(2, 6), v=st.integers(3, 6))
+def test_support_certificate_agrees_with_cvxpy(seed, m, v):
+    t = random_supports(m, v, (1, v - 1), seed=seed)
+    S = t.support()
+    l_mm = ntp_svm_result(S).solution
+    cert = support_certificate(S)
+    cos = gram_cosine(l_mm, centered_support(S))
+    if cert.exact:
+        assert cos == pytest.approx(1.0, abs=1e-5)
+    else:
+        # Not certified: S~ is strictly worse, so its nuclear norm exceeds the optimum's.
+        assert np.linalg.norm(centered_support(S), "nuc") > np.linalg.norm(l_mm, "nuc") + 1e-6
+
+
+def test_fixed_h_linear_model():
+    t = random_supports(6, 5, (2, 3), probs="zipf", seed=3)
+    H = np.random.default_rng(0).normal(size=(8, 6))  # d > m, full rank: separable and compatible
+    w_mm = linear_ntp_svm(t.support(), H).solution
+    L = w_mm @ H
+    S = t.support().astype(bool)
+    for j in range(6):
+        top = L[S[:, j], j]
+        assert np.ptp(top) < 1e-6 and top.min() - L[~S[:, j], j].max() >= 1 - 1e-6
+    w_star = linear_finite_component(t, H).solution
+    np.testing.assert_allclose(project_f(w_star @ H, S), sparse_component(t), atol=1e-6)
+    # GD on the unregularized linear model: P_F of its logits approaches L_in (Thrampoulidis 2024).
+
+
+def test_simplex_etf_closed_form():
+    e = simplex_etf(6)
+    np.testing.assert_allclose(e @ e.T, simplex_etf_gram(6), atol=1e-14)
+
+
+def test_chunked_ce_equals_dense_with_bias_and_layernorm():
+    from ufm.model import TargetTensors, layer_norm_columns, soft_label_ce
+
+    t = random_supports(30, 23, (1, 4), probs="zipf", seed=4)
+    data = TargetTensors(t, torch.device("cpu"), torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(23, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    H = torch.randn(5, 30, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(23, generator=gen, dtype=torch.float64, requires_grad=True)
+    out = []
+    for chunk in (None, 7 * 30, 1):  # dense reference, 7-row chunks, one row at a time
+        loss = soft_label_ce(W, layer_norm_columns(H), b, data.pi, data.tokens, data.contexts, data.probs,
+                             chunk_entries=chunk)
+        out.append((loss.detach(), *torch.autograd.grad(loss, (W, H, b))))
+    for got in out[1:]:
+        for a, e in zip(got, out[0]):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-14)
+    # CE - H = sum_j pi_j KL(p_j || softmax(l_j)) > 0 for finite logits.
+    assert float(out[0][0]) > t.entropy
+
+
+def test_class_stats_weight_contexts_by_pi_p():
+    P = np.array([[0.5, 1.0, 0.0], [0.5, 0.0, 1.0]])
+    t = NTPTargets.from_arrays([0.2, 0.3, 0.5], P)
+    r = train_ufm(t, 3, weight_decay=1e-2, steps=5, **SMALL)
+    stats = r.class_stats()
+    np.testing.assert_allclose(stats.counts.numpy(), [0.2 * 0.5 + 0.3, 0.2 * 0.5 + 0.5], rtol=1e-14)
+    H = r.H.numpy()
+    mean0 = (0.1 * H[:, 0] + 0.3 * H[:, 1]) / 0.4
+    np.testing.assert_allclose(stats.means[0].numpy(), mean0, rtol=1e-12)
+    assert collapse_metrics(stats).num_classes_kept == 2
+
+
+def test_minibatch_and_history():
+    t = random_supports(40, 10, 2, seed=5)
+    r = train_ufm(t, 6, weight_decay=1e-3, steps=300, batch_size=8, device="cpu", snapshots=4,
+                  track_metrics=True)
+    obj = r.series("objective")
+    assert obj[-1] < obj[0] and r.steps()[0] == 0 and r.steps()[-1] == 300
+    assert "metrics" in r.history[-1] and r.history[-1]["metrics"]["num_classes_kept"] == 10
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dim=0), "dim must be an integer >= 1"),
+        (dict(weight_decay=-1.0), "weight_decay must be >= 0"),
+        (dict(optimizer="sgdm"), "optimizer must be one of"),
+        (dict(lr=0.0), "lr must be positive"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    ],
+)
+def test_bad_training_arguments(kwargs, match):
+    args = dict(dim=4, weight_decay=1e-3, steps=10, device="cpu") | kwargs
+    with pytest.raises(ValueError, match=match):
+        train_ufm(one_hot([2, 2]), **args)
+
+
+def test_divergence_is_an_error():
+    with pytest.raises(FloatingPointError, match="training diverged"):
+        train_ufm(one_hot([2, 2]), 4, weight_decay=1e-3, steps=50, optimizer="gd", lr=1e6,
+                  lr_schedule="constant", **SMALL)
+
+
+def test_bad_convex_inputs():
+    with pytest.raises(ValueError, match="0/1 matrix with a non-empty support"):
+        ntp_svm(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="lambda must be positive"):
+        LogitsProblem(one_hot([1, 1])).solve(0.0)
+    H = np.ones((1, 2))  # rank 1, d < m: two contexts with different supports cannot be separated
+    with pytest.raises(ConvexSolveError, match="not optimal"):
+        linear_ntp_svm(np.eye(2), H)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_training_matches_cpu():
+    t = random_supports(20, 12, (1, 3), seed=6)
+    a = train_ufm(t, 8, weight_decay=1e-3, steps=200, device="cpu", snapshots=2)
+    b = train_ufm(t, 8, weight_decay=1e-3, steps=200, device="cuda", snapshots=2)
+    torch.testing.assert_close(a.W, b.W, rtol=1e-9, atol=1e-11)

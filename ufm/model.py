@@ -1,0 +1,129 @@
+"""The free-features model of next-token prediction and its soft-label cross-entropy.
+
+    CE(W, H) = sum_j pi_j [ logsumexp_z (W h_j + b)_z  -  sum_z p_jz (W h_j + b)_z ]
+
+The target term touches only the non-zeros of P. The logsumexp over the vocabulary is taken in
+chunks of rows of W by a custom autograd function that keeps only the (B,) logsumexp between
+forward and backward and recomputes each chunk's softmax there, so no m x V logits matrix is ever
+held: m = 100,000 contexts and V = 50,000 tokens fit a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .targets import NTPTargets
+
+# A logits chunk holds at most this many entries (2^25 float64 = 256 MiB).
+CHUNK_ENTRIES = 1 << 25
+
+
+class TargetTensors:
+    """NTPTargets on a device: the COO non-zeros of P sorted by context, pi, and per-context offsets."""
+
+    def __init__(self, targets: NTPTargets, device: torch.device, dtype: torch.dtype):
+        self.targets = targets
+        self.pi = torch.as_tensor(targets.pi, dtype=dtype, device=device)  # (m,)
+        self.tokens = torch.as_tensor(targets.tokens, device=device)  # (nnz,)
+        self.contexts = torch.as_tensor(targets.contexts, device=device)  # (nnz,)
+        self.probs = torch.as_tensor(targets.probs, dtype=dtype, device=device)  # (nnz,)
+        self.entropy = targets.entropy
+
+    def select(self, batch: torch.Tensor | None):
+        """(pi_b (B,), tokens, columns into the batch, probs) for contexts ``batch`` (None: all)."""
+        if batch is None:
+            return self.pi, self.tokens, self.contexts, self.probs
+        pos = torch.full_like(self.pi, -1, dtype=torch.int64)
+        pos[batch] = torch.arange(len(batch), device=batch.device)
+        col = pos[self.contexts]
+        sel = col >= 0
+        return self.pi[batch], self.tokens[sel], col[sel], self.probs[sel]
+
+
+def _chunk_rows(vocab: int, batch: int, chunk_entries: int) -> int:
+    return max(1, min(vocab, chunk_entries // max(batch, 1)))
+
+
+class _WeightedLogSumExp(torch.autograd.Function):
+    """sum_j weights_j logsumexp_z (W H + b)_{z j}, chunked over z; nothing V x B kept."""
+
+    @staticmethod
+    def forward(ctx, W, H, bias, weights, rows):  # W (V, d), H (d, B), bias (V,) | None, weights (B,)
+        lse = _chunked_lse(W, H, bias, rows)  # (B,)
+        ctx.save_for_backward(W, H, bias, weights, lse)
+        ctx.rows = rows
+        return (weights * lse).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        W, H, bias, weights, lse = ctx.saved_tensors
+        scale = weights * grad  # (B,)
+        grad_w = torch.empty_like(W) if ctx.needs_input_grad[0] else None
+        grad_h = torch.zeros_like(H) if ctx.needs_input_grad[1] else None
+        grad_b = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[2] else None
+        for v0 in range(0, W.shape[0], ctx.rows):
+            w = W[v0:v0 + ctx.rows]  # (Vc, d)
+            logits = w @ H  # (Vc, B)
+            if bias is not None:
+                logits += bias[v0:v0 + ctx.rows, None]
+            soft = logits.sub_(lse).exp_().mul_(scale)  # (Vc, B): d/dlogits
+            if grad_w is not None:
+                torch.mm(soft, H.T, out=grad_w[v0:v0 + ctx.rows])
+            if grad_h is not None:
+                grad_h.addmm_(w.T, soft)
+            if grad_b is not None:
+                grad_b[v0:v0 + ctx.rows] = soft.sum(1)
+        return grad_w, grad_h, grad_b, None, None
+
+
+def _chunked_lse(W, H, bias, rows) -> torch.Tensor:
+    """logsumexp over z of (W H + b)_{z j}, a running (max, sum) over row chunks: (B,)."""
+    run_max = torch.full((H.shape[1],), -torch.inf, dtype=H.dtype, device=H.device)
+    run_sum = torch.zeros_like(run_max)
+    for v0 in range(0, W.shape[0], rows):
+        logits = W[v0:v0 + rows] @ H  # (Vc, B)
+        if bias is not None:
+            logits += bias[v0:v0 + rows, None]
+        new_max = torch.maximum(run_max, logits.max(0).values)
+        run_sum = run_sum * (run_max - new_max).exp() + logits.sub_(new_max).exp_().sum(0)
+        run_max = new_max
+    return run_max + run_sum.log()
+
+
+def soft_label_ce(W, H, bias, pi, tokens, cols, probs, *, chunk_entries: int | None = CHUNK_ENTRIES):
+    """CE = sum_j pi_j [lse(l_j) - p_j . l_j] for l_j = W h_j + b; H (d, B) holds the batch's columns.
+
+    chunk_entries None computes dense logits with plain autograd (the reference path)."""
+    target_logits = (W[tokens] * H[:, cols].T).sum(1)  # (nnz,) l_{z j} on the support
+    if bias is not None:
+        target_logits = target_logits + bias[tokens]
+    target = (pi[cols] * probs * target_logits).sum()
+    if chunk_entries is None:
+        logits = W @ H + (bias[:, None] if bias is not None else 0.0)  # (V, B)
+        return (pi * torch.logsumexp(logits, 0)).sum() - target
+    rows = _chunk_rows(W.shape[0], H.shape[1], chunk_entries)
+    return _WeightedLogSumExp.apply(W, H, bias, pi, rows) - target
+
+
+def layer_norm_columns(H: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine parameters on each column h_j (norm ~ sqrt(d))."""
+    return torch.nn.functional.layer_norm(H.T, (H.shape[0],)).T
+
+
+class FreeFeatures(torch.nn.Module):
+    """Free word embeddings W (V, d), context embeddings H (d, m), optional bias and LayerNorm on H."""
+
+    def __init__(self, vocab_size: int, num_contexts: int, dim: int, *, bias: bool = False,
+                 layernorm: bool = False, init_scale: float = 0.1, generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float64):
+        super().__init__()
+        # Drawn on the CPU from the generator, so a seed gives the same start on any device.
+        self.W = torch.nn.Parameter(init_scale * torch.randn(vocab_size, dim, generator=generator, dtype=dtype))
+        self.H = torch.nn.Parameter(init_scale * torch.randn(dim, num_contexts, generator=generator, dtype=dtype))
+        self.bias = torch.nn.Parameter(torch.zeros(vocab_size, dtype=dtype)) if bias else None
+        self.layernorm = layernorm
+
+    def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """The context features that meet W: columns of H (or LN(H)), (d, B)."""
+        H = self.H if batch is None else self.H[:, batch]
+        return layer_norm_columns(H) if self.layernorm else H

@@ -1,0 +1,220 @@
+"""Next-token prediction as soft-label classification: the targets (Zhao et al., COLM 2024).
+
+m distinct contexts j with frequencies pi_j and next-token distributions p_j over V tokens. P is kept
+sparse (its non-zeros as COO triples), since a context's support S_j is a handful of tokens out of
+a vocabulary. Matrices follow the paper: P, S, L are (V, m); W is (V, d); H is (d, m).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+
+from ._validate import check_positive_int
+
+_SUM_TOL = 1e-6  # a distribution's entries must sum to 1 within this
+
+
+@dataclass(frozen=True, eq=False)
+class NTPTargets:
+    """Soft-label NTP targets: context frequencies pi and sparse next-token distributions P."""
+
+    pi: np.ndarray  # (m,) float64, context frequencies, sum 1
+    tokens: np.ndarray  # (nnz,) int64, token z of each non-zero P[z, j]
+    contexts: np.ndarray  # (nnz,) int64, context j of each non-zero, sorted
+    probs: np.ndarray  # (nnz,) float64, p_jz > 0
+    vocab_size: int  # V
+
+    def __post_init__(self) -> None:
+        m, v = len(self.pi), self.vocab_size
+        if m == 0 or v == 0:
+            raise ValueError(f"targets need at least one context and one token, got m={m}, V={v}")
+        if not (len(self.tokens) == len(self.contexts) == len(self.probs)):
+            raise ValueError("tokens, contexts and probs must have the same length")
+        if not np.all(np.isfinite(self.pi)) or np.any(self.pi < 0):
+            raise ValueError("pi must be finite and non-negative")
+        if abs(self.pi.sum() - 1.0) > _SUM_TOL:
+            raise ValueError(f"pi must be a distribution (sum 1), sums to {self.pi.sum():.8g}")
+        if not np.all(np.isfinite(self.probs)) or np.any(self.probs <= 0):
+            raise ValueError("probabilities must be finite and positive on the support")
+        if len(self.tokens) and (self.tokens.min() < 0 or self.tokens.max() >= v):
+            raise ValueError(f"token ids must lie in [0, {v})")
+        if len(self.contexts) and (self.contexts.min() < 0 or self.contexts.max() >= m):
+            raise ValueError(f"context ids must lie in [0, {m})")
+        sums = np.bincount(self.contexts, weights=self.probs, minlength=m)
+        bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOL)
+        if len(bad):
+            raise ValueError(
+                f"each context's next-token probabilities must sum to 1; column {bad[0]} sums to "
+                f"{sums[bad[0]]:.8g} ({len(bad)} column(s) off)"
+            )
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_arrays(cls, pi, P) -> NTPTargets:
+        """pi (m,) and P (V, m), dense or scipy-sparse; columns of P are distributions."""
+        pi = np.asarray(pi, dtype=np.float64)
+        if pi.ndim != 1:
+            raise ValueError(f"pi must have shape (m,), got {pi.shape}")
+        if hasattr(P, "tocoo"):
+            coo = P.tocoo()
+            rows, cols, vals, shape = coo.row, coo.col, coo.data.astype(np.float64), coo.shape
+        else:
+            P = np.asarray(P, dtype=np.float64)
+            if P.ndim != 2:
+                raise ValueError(f"P must have shape (V, m), got {P.shape}")
+            if not np.all(np.isfinite(P)):
+                raise ValueError("P contains NaN or Inf values")
+            if np.any(P < 0):
+                raise ValueError("P contains negative probabilities")
+            rows, cols = np.nonzero(P)
+            vals, shape = P[rows, cols], P.shape
+        if shape[1] != len(pi):
+            raise ValueError(f"P has {shape[1]} columns (contexts) but pi has {len(pi)} entries")
+        if np.any(vals < 0) or not np.all(np.isfinite(vals)):
+            raise ValueError("P contains negative, NaN or Inf probabilities")
+        order = np.lexsort((rows, cols))  # by context, then token
+        keep = vals[order] > 0
+        return cls(pi, rows[order][keep].astype(np.int64), cols[order][keep].astype(np.int64),
+                   vals[order][keep], int(shape[0]))
+
+    # ---- views --------------------------------------------------------------------------------
+
+    @property
+    def num_contexts(self) -> int:
+        return len(self.pi)
+
+    @property
+    def nnz(self) -> int:
+        return len(self.probs)
+
+    def dense(self) -> np.ndarray:
+        """P as a dense (V, m) array (small problems only)."""
+        P = np.zeros((self.vocab_size, self.num_contexts))
+        P[self.tokens, self.contexts] = self.probs
+        return P
+
+    def support(self) -> np.ndarray:
+        """S (V, m): S[z, j] = 1 if z is in the support of context j."""
+        S = np.zeros((self.vocab_size, self.num_contexts))
+        S[self.tokens, self.contexts] = 1.0
+        return S
+
+    @cached_property
+    def support_sizes(self) -> np.ndarray:
+        """k_j (m,)."""
+        return np.bincount(self.contexts, minlength=self.num_contexts)
+
+    @property
+    def entropy(self) -> float:
+        """H = -sum_j pi_j sum_z p_jz log p_jz: the infimum of the CE loss."""
+        return float(-(self.pi[self.contexts] * self.probs * np.log(self.probs)).sum())
+
+    def support_groups(self) -> list[np.ndarray]:
+        """Contexts grouped by identical support (subspace collapse), largest group first."""
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        bounds = np.searchsorted(self.contexts, np.arange(self.num_contexts + 1))
+        for j in range(self.num_contexts):
+            groups[tuple(self.tokens[bounds[j]:bounds[j + 1]])].append(j)
+        return sorted((np.array(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
+
+    def support_graph(self) -> nx.Graph:
+        """Bipartite context-token graph: nodes ('c', j) and ('t', z), an edge where p_jz > 0."""
+        g = nx.Graph()
+        g.add_nodes_from((("c", j) for j in range(self.num_contexts)), bipartite=0)
+        g.add_nodes_from((("t", z) for z in range(self.vocab_size)), bipartite=1)
+        g.add_edges_from((("c", int(j)), ("t", int(z))) for z, j in zip(self.tokens, self.contexts))
+        return g
+
+    def describe(self) -> dict:
+        return dict(num_contexts=self.num_contexts, vocab_size=self.vocab_size, nnz=self.nnz,
+                    entropy=self.entropy, max_support=int(self.support_sizes.max()),
+                    num_support_patterns=len(self.support_groups()))
+
+
+# ---- builders -------------------------------------------------------------------------------
+
+
+def one_hot(counts) -> NTPTargets:
+    """K classes, counts[c] contexts with label c each, uniform pi: the classic (im)balanced UFM."""
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or len(counts) < 1 or np.any(counts < 1) or not np.issubdtype(counts.dtype, np.integer):
+        raise ValueError(f"counts must be positive integers, one per class, got {counts.tolist()}")
+    labels = np.repeat(np.arange(len(counts)), counts)
+    m = len(labels)
+    return NTPTargets(np.full(m, 1.0 / m), labels.astype(np.int64), np.arange(m, dtype=np.int64),
+                      np.ones(m), len(counts))
+
+
+def random_supports(num_contexts: int, vocab_size: int, support_size, *, probs: str = "uniform",
+                    num_patterns: int | None = None, zipf_exponent: float = 1.0,
+                    seed: int = 0) -> NTPTargets:
+    """Random sparse targets: each context draws a support and a distribution on it.
+
+    support_size: an int k, or (k_min, k_max) drawn uniformly per pattern.
+    probs: "uniform" (p = 1/k) or "zipf" (p proportional to rank^-zipf_exponent, random order).
+    num_patterns: contexts share this many distinct supports (subspace collapse); None: each its own.
+    pi is uniform.
+    """
+    m = check_positive_int(num_contexts, "num_contexts")
+    v = check_positive_int(vocab_size, "vocab_size")
+    lo, hi = (support_size, support_size) if np.isscalar(support_size) else support_size
+    if not 1 <= lo <= hi <= v:
+        raise ValueError(f"support_size must lie in [1, V={v}], got {support_size}")
+    if probs not in ("uniform", "zipf"):
+        raise ValueError(f"probs must be 'uniform' or 'zipf', got {probs!r}")
+    rng = np.random.default_rng(seed)
+    n_pat = m if num_patterns is None else check_positive_int(num_patterns, "num_patterns")
+    patterns = [np.sort(rng.choice(v, size=rng.integers(lo, hi + 1), replace=False)) for _ in range(n_pat)]
+    assign = np.arange(m) % n_pat if num_patterns is not None else np.arange(m)
+    tokens, contexts, values = [], [], []
+    for j in range(m):
+        sup = patterns[assign[j]]
+        if probs == "uniform":
+            p = np.full(len(sup), 1.0 / len(sup))
+        else:
+            p = rng.permutation(np.arange(1, len(sup) + 1) ** -zipf_exponent)
+            p /= p.sum()
+        tokens.append(sup)
+        contexts.append(np.full(len(sup), j))
+        values.append(p)
+    return NTPTargets(np.full(m, 1.0 / m), np.concatenate(tokens).astype(np.int64),
+                      np.concatenate(contexts).astype(np.int64), np.concatenate(values), v)
+
+
+def from_token_stream(tokens, context_length: int, *, vocab_size: int | None = None,
+                      min_count: int = 1) -> tuple[NTPTargets, list[tuple[int, ...]]]:
+    """Every distinct window of the last ``context_length`` tokens, with its empirical next-token
+    distribution; contexts seen fewer than ``min_count`` times are dropped. pi_j is the context's
+    share of the kept occurrences. Returns the targets and the context windows (context j's tuple).
+    """
+    seq = np.asarray(tokens, dtype=np.int64)
+    n = check_positive_int(context_length, "context_length")
+    check_positive_int(min_count, "min_count")
+    if seq.ndim != 1 or len(seq) <= n:
+        raise ValueError(f"the token stream needs more than context_length={n} tokens, got {len(seq)}")
+    v = int(seq.max()) + 1 if vocab_size is None else check_positive_int(vocab_size, "vocab_size")
+    if seq.min() < 0 or seq.max() >= v:
+        raise ValueError(f"token ids must lie in [0, {v})")
+    windows = np.lib.stride_tricks.sliding_window_view(seq, n + 1)  # (T-n, n+1)
+    follow: dict[tuple[int, ...], Counter] = defaultdict(Counter)
+    for row in windows:
+        follow[tuple(row[:-1].tolist())][int(row[-1])] += 1
+    kept = sorted(c for c, nxt in follow.items() if sum(nxt.values()) >= min_count)
+    if not kept:
+        raise ValueError(f"no context of length {n} occurs at least min_count={min_count} times")
+    totals = np.array([sum(follow[c].values()) for c in kept], dtype=np.float64)
+    toks, ctxs, vals = [], [], []
+    for j, c in enumerate(kept):
+        for z in sorted(follow[c]):
+            toks.append(z)
+            ctxs.append(j)
+            vals.append(follow[c][z] / totals[j])
+    targets = NTPTargets(totals / totals.sum(), np.array(toks, np.int64), np.array(ctxs, np.int64),
+                         np.array(vals), v)
+    return targets, kept

@@ -1,0 +1,146 @@
+"""Closed-form predictions for the NTP unconstrained-features model (SCIENCE.md sections 3 and 5).
+
+References: Zhao, Behnia, Vakilian, Thrampoulidis, "Implicit geometry of next-token prediction",
+COLM 2024 (L_in, L_mm, S~, subspace collapse); Thrampoulidis et al., "Imbalance trouble", NeurIPS
+2022 (SELI); Papyan, Han, Donoho, PNAS 2020 (simplex ETF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .targets import NTPTargets
+
+
+def simplex_etf(num_classes: int) -> np.ndarray:
+    """(K, K) rows: K unit vectors with pairwise cosine -1/(K-1) (in the subspace orthogonal to 1)."""
+    if num_classes < 2:
+        raise ValueError(f"a simplex ETF needs at least 2 classes, got {num_classes}")
+    e = np.eye(num_classes) - 1.0 / num_classes
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def simplex_etf_gram(num_classes: int) -> np.ndarray:
+    """(K, K) Gram of a unit simplex ETF: K/(K-1) (I - 11^T/K)."""
+    k = num_classes
+    return k / (k - 1) * (np.eye(k) - 1.0 / k)
+
+
+def sparse_component(targets: NTPTargets) -> np.ndarray:
+    """L_in (V, m): log p_jz minus its mean over the support S_j, on the support; 0 off it."""
+    logp = np.log(targets.probs)
+    mean = np.bincount(targets.contexts, weights=logp, minlength=targets.num_contexts) / targets.support_sizes
+    L = np.zeros((targets.vocab_size, targets.num_contexts))
+    L[targets.tokens, targets.contexts] = logp - mean[targets.contexts]
+    return L
+
+
+def project_f(L: np.ndarray, S: np.ndarray) -> np.ndarray:
+    """P_F(L): in-support entries minus their column mean over the support; 0 off the support."""
+    k = S.sum(0)
+    mean = (L * S).sum(0) / k
+    return (L - mean) * S
+
+
+def centered_support(S: np.ndarray) -> np.ndarray:
+    """S~ = (I - 11^T/V) S: always NTP-SVM feasible with margins exactly 1."""
+    S = np.asarray(S, dtype=np.float64)
+    return S - S.mean(0, keepdims=True)
+
+
+@dataclass(frozen=True)
+class SupportCertificate:
+    exact: bool  # S~ is the NTP-SVM solution L_mm
+    max_off_support: float  # largest off-support entry of U V^T (must be <= 0 for exactness)
+    polar: np.ndarray  # (V, m) polar factor U V^T of S~
+
+
+def support_certificate(S: np.ndarray, tol: float = 1e-9) -> SupportCertificate:
+    """Is S~ exactly L_mm? Dual certificate: the off-support entries of the polar factor U V^T of
+    S~ must all be <= 0 (Zhao et al. 2024). ``tol`` absorbs rounding."""
+    S = np.asarray(S, dtype=np.float64)
+    st = centered_support(S)
+    u, s, vt = np.linalg.svd(st, full_matrices=False)
+    r = int((s > s.max() * 1e-10).sum())
+    polar = u[:, :r] @ vt[:r]
+    off = polar[S == 0]
+    worst = float(off.max()) if off.size else -np.inf
+    return SupportCertificate(exact=worst <= tol, max_off_support=worst, polar=polar)
+
+
+def one_hot_lmm(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """L_mm of one-hot labels: Z^ = (I - 11^T/K) Y, Y (K, m) the label matrix."""
+    y = np.zeros((num_classes, len(labels)))
+    y[labels, np.arange(len(labels))] = 1.0
+    return y - y.mean(0, keepdims=True)
+
+
+@dataclass(frozen=True)
+class PredictedGrams:
+    words: np.ndarray  # (V, V) G_W proportional to (L L^T)^(1/2)
+    contexts: np.ndarray  # (m, m) G_H proportional to (L^T L)^(1/2)
+
+
+def predicted_grams(L: np.ndarray) -> PredictedGrams:
+    """Limit geometry of the factors of L (L_mm, or S~ as its proxy): with L = U Sigma V^T,
+    W = U Sigma^(1/2), H = Sigma^(1/2) V^T, so W W^T = U Sigma U^T and H^T H = V Sigma V^T.
+    For one-hot labels L = Z^ this is SELI (Thrampoulidis et al. 2022); balanced: a simplex ETF."""
+    u, s, vt = np.linalg.svd(np.asarray(L, dtype=np.float64), full_matrices=False)
+    return PredictedGrams(words=(u * s) @ u.T, contexts=(vt.T * s) @ vt)
+
+
+def seli(counts) -> PredictedGrams:
+    """SELI Grams of one-hot labels with counts[c] examples of class c (context order: by class)."""
+    counts = np.asarray(counts)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return predicted_grams(one_hot_lmm(labels, len(counts)))
+
+
+def factor(L: np.ndarray, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced factors W = U Sigma^(1/2) (V, r), H = Sigma^(1/2) V^T (r, m) of L."""
+    u, s, vt = np.linalg.svd(np.asarray(L, dtype=np.float64), full_matrices=False)
+    r = dim or int((s > s.max() * 1e-10).sum())
+    root = np.sqrt(s[:r])
+    return u[:, :r] * root, root[:, None] * vt[:r]
+
+
+def gram_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine between two matrices as vectors (Frobenius): 1 when proportional."""
+    return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def in_support_difference_projector(W: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """P (d, d): projection onto the orthogonal complement of span{W^+ (e_z - e_z') : z, z' in S}.
+
+    The in-support logit differences of same-support contexts carry their (different)
+    probabilities; what remains after P should collapse (Zhao et al. 2024, subspace collapse).
+    """
+    support = np.asarray(support)
+    pinv = np.linalg.pinv(np.asarray(W, dtype=np.float64))  # (d, V)
+    diffs = pinv[:, support[1:]] - pinv[:, support[:1]]  # (d, k-1)
+    d = pinv.shape[0]
+    if diffs.shape[1] == 0:
+        return np.eye(d)
+    u, s, _ = np.linalg.svd(diffs, full_matrices=False)
+    u = u[:, s > s.max() * 1e-10] if s.max() > 0 else u[:, :0]
+    return np.eye(d) - u @ u.T
+
+
+def subspace_collapse_ratio(W: np.ndarray, H: np.ndarray, targets: NTPTargets) -> float:
+    """Mean over same-support pairs (j, j') of ||P (h_j - h_j')|| / ||P h_j||, P as above.
+
+    0 is full subspace collapse. Groups of a single context have no pairs; NaN if none has.
+    """
+    ratios = []
+    for group in targets.support_groups():
+        if len(group) < 2:
+            continue
+        sup = targets.tokens[targets.contexts == group[0]]
+        proj = in_support_difference_projector(W, sup)
+        ph = proj @ np.asarray(H, dtype=np.float64)[:, group]  # (d, g)
+        for a in range(len(group)):
+            for b in range(a + 1, len(group)):
+                ratios.append(np.linalg.norm(ph[:, a] - ph[:, b]) / np.linalg.norm(ph[:, a]))
+    return float(np.mean(ratios)) if ratios else float("nan")
