@@ -1,7 +1,7 @@
 """Benchmark: the full pairwise metric sweep against the bare tiled Gram GEMM, in one run.
 
-    python benchmarks/metrics.py                      # K = 50,257, D = 768 (GPT-2 vocabulary)
-    python benchmarks/metrics.py --classes 8000 --device cuda
+    python -m benchmarks.metrics                      # K = 50,257, D = 768 (GPT-2 vocabulary)
+    python -m benchmarks.metrics --classes 8000 --device cuda
 
 Both visit the same upper-triangle tiles of M M^T; the sweep adds every pairwise metric (CDNV,
 cosines, log kernel, ETF residual). Prints both times, their ratio, and the peak memory next to

@@ -1,6 +1,8 @@
 """The ``collapse`` command line: one entry point, a subcommand per job.
 
     collapse demo                         the built-in default job
+    collapse simulate [--targets ...]     train the NTP unconstrained-features model
+    collapse experiment NAME [...]        run one reproduction from experiments/
     collapse metrics STATS [--preset lc2024] [--classifier W.safetensors]
 """
 
@@ -91,6 +93,56 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def simulation_targets(args: argparse.Namespace):
+    from ufm import targets as t
+
+    if args.targets == "balanced":
+        return t.one_hot([args.per_class] * args.classes)
+    if args.targets == "imbalanced":
+        half = args.classes // 2
+        return t.one_hot([args.per_class * args.ratio] * half + [args.per_class] * (args.classes - half))
+    lo, _, hi = args.support.partition(",")
+    support = (int(lo), int(hi or lo))
+    patterns = args.patterns if args.targets == "shared" else None
+    return t.random_supports(args.contexts, args.vocab, support, probs=args.probs, num_patterns=patterns,
+                             seed=args.seed)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from ufm.train import train_ufm
+
+    targets = simulation_targets(args)
+    result = train_ufm(
+        targets, args.dim, weight_decay=args.weight_decay, steps=args.steps, lr=args.lr,
+        optimizer=args.optimizer, bias=args.bias, layernorm=args.layernorm, batch_size=args.batch_size,
+        device=args.device, seed=args.seed, snapshots=args.snapshots, track_metrics=True, progress=True,
+    )
+    rows = [(f"step {h['step']}", h["metrics"]) for h in result.history if "metrics" in h]
+    print(f"{args.targets} targets: {targets.describe()}")
+    print(format_table(rows))
+    last = result.history[-1]
+    print(f"objective {last['objective']:.6g}, CE - H {last['ce_minus_entropy']:.3g}, "
+          f"||P_F L - L_in|| {last['pf_dist']:.3g}, {result.seconds:.1f} s")
+    if args.out is not None:
+        stats = result.class_stats()
+        stats.save(args.out / "stats.safetensors")
+        write_json(args.out / "ufm.json", result.to_dict())
+        write_json(args.out / "metrics.json", result.metrics().to_dict())
+        print(f"wrote {args.out}/stats.safetensors, ufm.json, metrics.json")
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    import importlib
+
+    from experiments import REGISTRY
+
+    if args.name not in REGISTRY:
+        raise ValueError(f"unknown experiment {args.name!r}; known: {', '.join(sorted(REGISTRY))}")
+    importlib.import_module(REGISTRY[args.name]).main(args.rest)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collapse",
@@ -101,6 +153,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the built-in default job (runs without arguments)")
     add_common(demo)
     demo.set_defaults(func=cmd_demo)
+
+    sim = sub.add_parser("simulate", help="train the NTP unconstrained-features model, print its metrics")
+    sim.add_argument("--targets", choices=["balanced", "imbalanced", "random", "shared"], default="balanced",
+                     help="one-hot (balanced / imbalanced) or sparse soft labels (random / shared supports)")
+    sim.add_argument("--classes", type=int, default=10, help="K for one-hot targets")
+    sim.add_argument("--per-class", type=int, default=5, help="contexts per (minority) class")
+    sim.add_argument("--ratio", type=int, default=10, help="imbalance ratio n_major / n_minor")
+    sim.add_argument("--contexts", type=int, default=60, help="m for soft-label targets")
+    sim.add_argument("--vocab", type=int, default=30, help="V for soft-label targets")
+    sim.add_argument("--support", default="2,5", help="support size k or range k_min,k_max")
+    sim.add_argument("--patterns", type=int, default=6, help="distinct supports (shared)")
+    sim.add_argument("--probs", choices=["uniform", "zipf"], default="zipf")
+    sim.add_argument("--dim", type=int, default=16, help="d")
+    sim.add_argument("--weight-decay", type=float, default=1e-3, help="lambda")
+    sim.add_argument("--steps", type=int, default=20_000)
+    sim.add_argument("--optimizer", choices=["adam", "gd", "ngd"], default="adam")
+    sim.add_argument("--lr", type=float, default=None, help="default: per optimizer")
+    sim.add_argument("--batch-size", type=int, default=None, help="contexts per step (default: all)")
+    sim.add_argument("--bias", action="store_true")
+    sim.add_argument("--layernorm", action="store_true")
+    sim.add_argument("--snapshots", type=int, default=6)
+    add_common(sim)
+    sim.set_defaults(func=cmd_simulate)
+
+    exp = sub.add_parser("experiment", help="run a reproduction: etf, seli, subspace-collapse, ...")
+    exp.add_argument("name", help="experiment name (collapse experiment NAME --help for its options)")
+    exp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
+    exp.set_defaults(func=cmd_experiment, seed=0)
 
     metrics = sub.add_parser("metrics", help="collapse metrics of a saved statistics file")
     metrics.add_argument("stats", type=Path, help="a stats.safetensors file")

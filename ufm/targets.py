@@ -113,7 +113,7 @@ class NTPTargets:
     @property
     def entropy(self) -> float:
         """H = -sum_j pi_j sum_z p_jz log p_jz: the infimum of the CE loss."""
-        return float(-(self.pi[self.contexts] * self.probs * np.log(self.probs)).sum())
+        return float(0.0 - (self.pi[self.contexts] * self.probs * np.log(self.probs)).sum())  # no -0.0
 
     def support_groups(self) -> list[np.ndarray]:
         """Contexts grouped by identical support (subspace collapse), largest group first."""

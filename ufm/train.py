@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class TrainConfig:
     batch_size: int | None = None  # contexts per step; None: full batch
     dtype: str = "float64"  # parameters' dtype
     seed: int = 0  # initialization and minibatch order
-    chunk_entries: int = CHUNK_ENTRIES  # largest logits chunk (entries) in the chunked CE
+    chunk_entries: int | None = CHUNK_ENTRIES  # largest logits chunk in the CE; None: dense logits
 
     def __post_init__(self) -> None:
         check_positive_int(self.dim, "dim")
@@ -135,12 +135,14 @@ def train_ufm(
     init_scale: float = 0.1,
     batch_size: int | None = None,
     dtype: str = "float64",
+    chunk_entries: int | None = CHUNK_ENTRIES,
     device: str | torch.device = "auto",
     seed: int = 0,
     snapshots: int | list[int] = 20,
     l_mm: np.ndarray | None = None,
     track_metrics: bool = False,
     track_subspace: bool = False,
+    observe: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None,
     progress: bool = False,
 ) -> UFMResult:
     """Minimize CE(W H) + (lambda/2)(||W||^2 + ||H||^2) over free W (V, d) and H (d, m).
@@ -149,14 +151,14 @@ def train_ufm(
     the objective, CE - H (H the entropy bound), ||W||_F, ||H||_F, ||P_F(L_t) - L_in||_F and, with
     ``l_mm`` (V, m), cos(P_Fperp L_t, L_mm) and the distance of L_t / ||L_t|| to L_mm / ||L_mm||;
     ``track_metrics`` adds the collapse metrics of ``class_stats()``, ``track_subspace`` the
-    same-support collapse ratio. The defaults reach a simplex ETF on balanced one-hot targets.
+    same-support collapse ratio, and ``observe(W, F)`` (numpy (V, d) and (d, m)) whatever it returns. The defaults reach a simplex ETF on balanced one-hot targets.
     """
     if not isinstance(targets, NTPTargets):
         raise TypeError(f"targets must be NTPTargets, got {type(targets).__name__}")
     config = TrainConfig(
         dim=dim, weight_decay=float(weight_decay), steps=steps, lr=float(lr if lr is not None else DEFAULT_LR.get(optimizer, 1.0)),
         optimizer=optimizer, lr_schedule=lr_schedule, bias=bias, layernorm=layernorm,
-        init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed,
+        init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed, chunk_entries=chunk_entries,
     )
     dev = resolve_device(device)
     tdtype = getattr(torch, config.dtype)
@@ -186,7 +188,7 @@ def train_ufm(
     bar = tqdm(total=steps, disable=not progress, desc="ufm", unit="step")
     for step in range(steps + 1):
         if step in marks:
-            history.append(monitor.record(step, model, config, track_metrics, track_subspace))
+            history.append(monitor.record(step, model, config, track_metrics, track_subspace, observe))
         if step == steps:
             break
         batch = None
@@ -248,7 +250,8 @@ class _Monitor:
         self.l_mm = None if l_mm is None else torch.as_tensor(l_mm, dtype=dtype, device=device)
 
     @torch.no_grad()
-    def record(self, step: int, model: FreeFeatures, config: TrainConfig, metrics: bool, subspace: bool):
+    def record(self, step: int, model: FreeFeatures, config: TrainConfig, metrics: bool, subspace: bool,
+               observe) -> dict[str, Any]:
         d = self.data
         W, F = model.W, model.features()
         ce = float(soft_label_ce(W, F, model.bias, d.pi, d.tokens, d.contexts, d.probs,
@@ -275,9 +278,12 @@ class _Monitor:
             # L_mm lies in F-perp, so <P_Fperp L, L_mm> = <L, L_mm>.
             row["cos_mm"] = inner / (perp * mm_norm)
             row["mm_dist"] = math.sqrt(max(2.0 - 2.0 * inner / (math.sqrt(l_norm2) * mm_norm), 0.0))
-        if subspace:
-            row["subspace_ratio"] = subspace_collapse_ratio(W.cpu().double().numpy(),
-                                                            F.cpu().double().numpy(), self.targets)
+        if subspace or observe is not None:
+            w_np, f_np = W.cpu().double().numpy(), F.cpu().double().numpy()
+            if subspace:
+                row["subspace_ratio"] = subspace_collapse_ratio(w_np, f_np, self.targets)
+            if observe is not None:
+                row.update(observe(w_np, f_np))
         if metrics:
             stats = ufm_class_stats(F.double(), self.targets)
             if int((stats.sample_counts > 0).sum()) >= 2:

@@ -1,0 +1,9 @@
+"""Runnable reproductions, one module per figure or table: ``collapse experiment NAME``."""
+
+# name on the command line -> module in this package
+REGISTRY = {
+    "etf": "experiments.etf",
+    "seli": "experiments.seli",
+    "subspace-collapse": "experiments.subspace_collapse",
+    "regularization-path": "experiments.regularization_path",
+}

@@ -1,0 +1,83 @@
+"""What every experiment shares: an output folder with its config, results JSON and figures."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: experiments run headless
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ufm.io import atomic_write, write_json  # noqa: E402
+
+
+def parse_args(name: str, doc: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"collapse experiment {name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs") / name, help="output directory")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
+    return parser.parse_args(argv)
+
+
+class Run:
+    """An experiment's output folder: config.json at the start, results.json and PNGs at the end."""
+
+    def __init__(self, name: str, args: argparse.Namespace, config: Any):
+        self.name, self.out, self.start = name, Path(args.out), time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.config = asdict(config) if is_dataclass(config) else dict(config)
+        write_json(self.out / "config.json", dict(experiment=name, seed=args.seed, device=args.device,
+                                                  quick=args.quick, config=self.config,
+                                                  versions=versions()))
+        self.figures: list[str] = []
+
+    def figure(self, fig: plt.Figure, stem: str) -> Path:
+        path = self.out / f"{stem}.png"
+        fig.tight_layout()
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        plt.close(fig)
+        self.figures.append(path.name)
+        return path
+
+    def finish(self, results: dict[str, Any]) -> dict[str, Any]:
+        results = dict(results, seconds=time.perf_counter() - self.start, figures=self.figures,
+                       config=self.config)
+        write_json(self.out / "results.json", results)
+        print(f"{self.name}: results in {self.out / 'results.json'}, figures {', '.join(self.figures)}")
+        return results
+
+
+def versions() -> dict[str, str]:
+    import ufm
+
+    return dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
+                collapse_lab=ufm.__version__)
+
+
+def heatmap(ax, matrix: np.ndarray, title: str) -> None:
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    plt.colorbar(im, ax=ax, fraction=0.046)
+
+
+def cosines(vectors: np.ndarray) -> np.ndarray:
+    """Pairwise cosines of the rows."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def gram_to_cosines(gram: np.ndarray) -> np.ndarray:
+    d = np.sqrt(np.diag(gram))
+    return gram / np.outer(d, d)
