@@ -3,6 +3,7 @@
     collapse demo                         the built-in default job
     collapse simulate [--targets ...]     train the NTP unconstrained-features model
     collapse experiment NAME [...]        run one reproduction from experiments/
+    collapse measure --model DIR --corpus PATH [--heldout PATH] --out DIR
     collapse metrics STATS [--preset lc2024] [--classifier W.safetensors]
 """
 
@@ -143,6 +144,69 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_distributed(device: str) -> tuple[int, int, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; return (rank, world, device)."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    use_cuda = resolve_device(device).type == "cuda"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return dist.get_rank(), world, device
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from .collect import CollectConfig, collect_nc4, collect_stats
+    from .corpus import Corpus
+    from .models import load_model
+    from .report import measure_figures
+
+    if args.out is None:
+        raise ValueError("collapse measure needs --out DIR")
+    rank, world, device = _init_distributed(args.device)
+    loaded = load_model(args.model, device=resolve_device(device))
+    corpus = Corpus.open(args.corpus)
+    config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                           checkpoint_every=args.checkpoint_every)
+    checkpoint = args.out / "checkpoint.safetensors"
+    result = collect_stats(loaded, corpus, config, checkpoint=checkpoint)
+    options = metric_options(args)
+    nc4 = None
+    if args.heldout is not None:
+        nc4 = collect_nc4(loaded, Corpus.open(args.heldout), result.stats, config,
+                          min_count=options.get("min_count", 1))
+    if rank != 0:
+        return 0
+    classifier = loaded.classifier()
+    metrics = ufm.collapse_metrics(result.stats, classifier, **options)
+    result.stats.save(args.out / "stats.safetensors")
+    figures = measure_figures(result.stats, classifier, args.out, cdnv_power=metrics.options["cdnv_power"],
+                              center=metrics.options["center"], min_count=metrics.options["min_count"])
+    write_json(args.out / "metrics.json", dict(
+        metrics=metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.agreement,
+        nc4_tokens=None if nc4 is None else nc4.tokens, preset=args.preset,
+        model=dict(path=str(args.model), identity=loaded.identity, vocab_size=loaded.vocab_size,
+                   hidden_size=loaded.hidden_size),
+        corpus=dict(path=str(args.corpus), identity=result.stats.metadata["corpus_identity"],
+                    heldout=None if args.heldout is None else str(args.heldout)),
+        tokens=result.tokens, blocks=result.blocks, collect=result.stats.metadata, world_size=world,
+        seconds=result.seconds, figures=figures,
+    ))
+    for f in args.out.glob("checkpoint.safetensors*"):  # done: a rerun must not resume a finished run
+        f.unlink()
+    print(format_table([(args.model.name, metrics.to_dict())]))
+    if nc4 is not None:
+        print(f"NC4 agreement on held-out text: {nc4.agreement:.4f} ({nc4.tokens} tokens)")
+    print(f"{result.tokens} tokens in {result.seconds:.1f} s; wrote {args.out}/stats.safetensors, metrics.json, "
+          + ", ".join(figures))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collapse",
@@ -181,6 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("name", help="experiment name (collapse experiment NAME --help for its options)")
     exp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
     exp.set_defaults(func=cmd_experiment, seed=0)
+
+    measure = sub.add_parser("measure", help="collapse statistics of a causal LM on a corpus, in one pass")
+    measure.add_argument("--model", type=Path, required=True, help="a Hugging Face model directory (local)")
+    measure.add_argument("--corpus", type=Path, required=True, help="a text file, a folder of them, or a saved dataset")
+    measure.add_argument("--heldout", type=Path, default=None, help="held-out text for NC4")
+    measure.add_argument("--block-size", type=int, default=512)
+    measure.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
+    measure.add_argument("--max-tokens", type=int, default=None, help="stop after this many corpus tokens")
+    measure.add_argument("--checkpoint-every", type=int, default=1000, help="blocks between checkpoints (0: none)")
+    add_metric_flags(measure)
+    add_common(measure)
+    measure.set_defaults(func=cmd_measure)
 
     metrics = sub.add_parser("metrics", help="collapse metrics of a saved statistics file")
     metrics.add_argument("stats", type=Path, help="a stats.safetensors file")

@@ -1,0 +1,80 @@
+"""Benchmark: collection tokens/s against the bare forward pass over the same batches, one run.
+
+    python -m benchmarks.collect                 # CPU (and CUDA when present)
+
+A GPT-Neo of width 256 and 4 layers with random weights and the GPT-2 vocabulary size (50,257):
+the bare pass runs the model; collection also captures the unembedding's input and folds every
+labelled position into the float64 class statistics. Prints both rates, their ratio (target
+>= 0.9) and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+
+import torch
+from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+from lm_bridge.collect import batches, labelled_positions
+from lm_bridge.models import capture_unembedding_input
+from ufm import StatsAccumulator
+
+
+def run(model, data, device, collect: bool) -> float:
+    acc = StatsAccumulator(model.config.vocab_size, model.config.hidden_size, device=device)
+    tokens = 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.inference_mode(), capture_unembedding_input(model) as store:
+        for ids, lengths in data:
+            ids = ids.to(device)
+            model(input_ids=ids)
+            keep = labelled_positions(ids, lengths)
+            if collect:
+                acc.update(store["hidden"][:, :-1][keep], ids[:, 1:][keep])
+            tokens += int(keep.sum())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return tokens / (time.perf_counter() - start)
+
+
+def bench(device: torch.device, blocks: int, block_size: int, batch_size: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    config = GPTNeoConfig(vocab_size=50_257, hidden_size=256, num_layers=4, num_heads=4,
+                          max_position_embeddings=block_size, attention_types=[[["global", "local"], 2]])
+    model = GPTNeoForCausalLM(config).to(device).eval()
+    gen = torch.Generator().manual_seed(1)
+    stream = [torch.randint(0, 50_257, (block_size,), generator=gen).tolist() for _ in range(blocks)]
+    data = list(batches(stream, batch_size))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    run(model, data[:2], device, True)  # warm-up
+    bare, coll = [], []
+    for _ in range(repeats):  # interleaved, so drifts of the machine hit both alike
+        bare.append(run(model, data, device, False))
+        coll.append(run(model, data, device, True))
+    b, c = max(bare), max(coll)
+    print(f"{device}: bare forward {b:10.0f} tok/s, collection {c:10.0f} tok/s, ratio {c / b:.3f} "
+          f"({blocks} blocks x {block_size} tokens, batch {batch_size}, best of {repeats})")
+    if device.type == "cuda":
+        print(f"    peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--blocks", type=int, default=32)
+    parser.add_argument("--block-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    bench(torch.device("cpu"), args.blocks, args.block_size, args.batch_size, args.repeats)
+    if torch.cuda.is_available():
+        bench(torch.device("cuda"), args.blocks * 16, args.block_size, args.batch_size * 8, args.repeats)
+    print(f"peak host RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""A corpus as a deterministic stream of token blocks.
+
+Token accounting (documented in the README; outside checks rely on it): each text file is one
+document; its ids are ``tokenizer(text, add_special_tokens=False).input_ids`` followed by the EOS id
+when the tokenizer has one. Documents are concatenated in sorted path order and cut into
+consecutive blocks of ``block_size`` tokens; the last block may be shorter and is kept if it has
+at least 2 tokens. Within a block, the hidden state at position t is labelled with token t+1.
+
+Files are read one at a time, so a corpus larger than memory streams. A ``datasets`` dataset saved
+to disk (``save_to_disk``) is read row by row from its "text" column, each row a document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+
+
+class CorpusError(ValueError):
+    """An empty corpus, one shorter than a block, or a path that holds no text."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where the documents are: text files (sorted), or a saved ``datasets`` dataset."""
+
+    root: Path
+    files: tuple[Path, ...]  # sorted; empty for a saved dataset
+    is_dataset: bool = False
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Corpus:
+        root = Path(path)
+        if not root.exists():
+            raise CorpusError(f"corpus path {root} does not exist")
+        if root.is_file():
+            return cls(root, (root,))
+        if (root / "dataset_info.json").is_file() or (root / "state.json").is_file():
+            return cls(root, (), is_dataset=True)
+        files = tuple(sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES))
+        if not files:
+            raise CorpusError(f"corpus directory {root} holds no text files ({', '.join(TEXT_SUFFIXES)})")
+        return cls(root, files)
+
+    def documents(self) -> Iterator[str]:
+        if self.is_dataset:
+            try:
+                from datasets import load_from_disk
+            except ImportError as err:
+                raise CorpusError(f"{self.root} is a saved `datasets` dataset; install `datasets` to read it") from err
+            data = load_from_disk(str(self.root))
+            if "text" not in data.column_names:
+                raise CorpusError(f"the dataset at {self.root} has no 'text' column: {data.column_names}")
+            yield from (row["text"] for row in data)
+            return
+        for f in self.files:
+            yield f.read_text(encoding="utf-8", errors="replace")
+
+    def identity(self) -> str:
+        """sha256 of the documents' names and contents (streamed): detects another corpus on resume."""
+        h = hashlib.sha256()
+        if self.is_dataset:
+            for name in sorted(p.name for p in self.root.iterdir()):
+                h.update(f"{name}:{(self.root / name).stat().st_size}".encode())
+            return h.hexdigest()[:16]
+        for f in self.files:
+            h.update(str(f.relative_to(self.root) if f != self.root else f.name).encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        return h.hexdigest()[:16]
+
+
+def document_ids(text: str, tokenizer) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def token_blocks(corpus: Corpus, tokenizer, block_size: int, *, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Consecutive blocks of ``block_size`` ids (the last may be shorter, >= 2 ids), streamed.
+
+    ``max_tokens`` stops the stream after that many ids (the block it cuts short is kept if it has
+    at least 2). Raises CorpusError for an empty corpus or one shorter than one block.
+    """
+    if block_size < 2:
+        raise CorpusError(f"block_size must be at least 2, got {block_size}")
+    budget = max_tokens if max_tokens is not None else float("inf")
+    buffer: list[int] = []
+    emitted = 0
+    for text in corpus.documents():
+        buffer.extend(document_ids(text, tokenizer))
+        while len(buffer) >= block_size and emitted + block_size <= budget:
+            yield buffer[:block_size]
+            del buffer[:block_size]
+            emitted += block_size
+        if emitted + block_size > budget:
+            break
+    seen = emitted + len(buffer)
+    if seen == 0:
+        raise CorpusError(f"the corpus at {corpus.root} is empty (no tokens)")
+    if emitted == 0 and max_tokens is None:
+        raise CorpusError(
+            f"the corpus at {corpus.root} has {len(buffer)} tokens, fewer than one block of {block_size}"
+        )
+    tail = buffer[: max(0, int(min(budget - emitted, len(buffer))))]
+    if len(tail) >= 2:
+        yield tail

@@ -1,0 +1,238 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lm_bridge.cli import main
+from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
+from lm_bridge.corpus import Corpus, CorpusError, document_ids, token_blocks
+from lm_bridge.models import ModelLoadError, capture_unembedding_input, load_model
+from ufm import ClassStats, stats_from_features
+from ufm.nc4 import nc4_agreement
+
+from .conftest import save_tiny_model
+
+FAMILIES = ["gpt2", "gpt-neo", "llama"]
+
+
+def reference_stats(loaded, corpus, block_size):
+    """Straight from output_hidden_states[-1], one block at a time, no hooks and no padding."""
+    feats, labels = [], []
+    with torch.no_grad():
+        for block in token_blocks(corpus, loaded.tokenizer, block_size):
+            ids = torch.tensor([block])
+            hidden = loaded.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
+            feats.append(hidden[:-1].double())
+            labels.append(ids[0, 1:])
+    return stats_from_features(torch.cat(feats), torch.cat(labels), loaded.vocab_size)
+
+
+def assert_same_stats(a: ClassStats, b: ClassStats, rtol):
+    for name in ("counts", "sample_counts", "means", "var_traces", "within_scatter"):
+        x, y = getattr(a, name).double(), getattr(b, name).double()
+        torch.testing.assert_close(x, y, rtol=rtol, atol=rtol * float(y.abs().max()), msg=name)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_collected_stats_equal_hidden_states(family, tiny_models, tiny_corpus):
+    loaded = load_model(tiny_models[family])
+    assert loaded.classifier().shape == (loaded.vocab_size, 16)
+    result = collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=24, batch_size=3),
+                           progress=False)
+    assert_same_stats(result.stats, reference_stats(loaded, Corpus.open(tiny_corpus), 24), rtol=1e-10)
+    blocks = list(token_blocks(Corpus.open(tiny_corpus), loaded.tokenizer, 24))
+    assert result.tokens == sum(len(b) - 1 for b in blocks) and result.blocks == len(blocks)
+    assert len(loaded.unembedding._forward_pre_hooks) == 0  # the hook removed itself
+
+
+def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus), "--heldout",
+               str(tiny_corpus / "doc0.txt"), "--out", str(out), "--block-size", "24", "--batch-size", "2",
+               "--preset", "lc2024", "--device", "cpu"])
+    assert rc == 0
+    stats = ClassStats.load(out / "stats.safetensors")
+    loaded = load_model(tiny_models["gpt2"])
+    assert_same_stats(stats, reference_stats(loaded, Corpus.open(tiny_corpus), 24), rtol=1e-10)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["options"]["cdnv_power"] == 4.0
+    assert report["tokens"] == int(stats.sample_counts.sum())
+    assert report["model"]["identity"] == loaded.identity and 0 <= report["nc4_agreement"] <= 1
+    for name in ("dual_cos_hist.png", "norms_vs_frequency.png", "cdnv_sample.png"):
+        assert (out / name).stat().st_size > 1000
+    assert not list(out.glob("checkpoint*"))
+
+
+def test_nc4_pass_equals_direct_computation(tiny_models, tiny_corpus):
+    loaded = load_model(tiny_models["llama"])
+    corpus = Corpus.open(tiny_corpus)
+    stats = collect_stats(loaded, corpus, CollectConfig(block_size=20), progress=False).stats
+    result = collect_nc4(loaded, corpus, stats, CollectConfig(block_size=20, batch_size=2), progress=False)
+    feats, preds = [], []
+    with torch.no_grad():
+        for block in token_blocks(corpus, loaded.tokenizer, 20):
+            out = loaded.model(input_ids=torch.tensor([block]), output_hidden_states=True)
+            feats.append(out.hidden_states[-1][0, :-1])
+            preds.append(out.logits[0, :-1].argmax(-1))
+    assert result.agreement == nc4_agreement(torch.cat(feats), torch.cat(preds), stats)
+    assert result.tokens == sum(len(f) for f in feats)
+
+
+def test_killed_run_resumes_to_the_same_statistics(tiny_models, tiny_corpus, tmp_path, monkeypatch):
+    import lm_bridge.collect as collect
+
+    loaded = load_model(tiny_models["gpt-neo"])
+    corpus = Corpus.open(tiny_corpus)
+    config = CollectConfig(block_size=12, batch_size=2, checkpoint_every=2)
+    whole = collect_stats(loaded, corpus, config, progress=False)
+    real, calls = collect.forward_features, {"n": 0}
+
+    def dies_after_three(*args):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise KeyboardInterrupt("killed")
+        return real(*args)
+
+    monkeypatch.setattr(collect, "forward_features", dies_after_three)
+    ckpt = tmp_path / "ckpt.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
+    assert ClassStats.load(ckpt).metadata["blocks_done"] == 6
+    monkeypatch.setattr(collect, "forward_features", real)
+    resumed = collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
+    assert resumed.resumed_blocks == 6 and resumed.tokens == whole.tokens
+    assert_same_stats(resumed.stats, whole.stats, rtol=1e-12)
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_models, tiny_corpus, tmp_path):
+    corpus = Corpus.open(tiny_corpus)
+    config = CollectConfig(block_size=12, checkpoint_every=1)
+    ckpt = tmp_path / "ckpt.safetensors"
+    collect_stats(load_model(tiny_models["gpt2"]), corpus, config, checkpoint=ckpt, progress=False)
+    with pytest.raises(CollectError, match="belongs to another run"):
+        collect_stats(load_model(tiny_models["llama"]), corpus, config, checkpoint=ckpt, progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("a different corpus entirely, with other words in it " * 5)
+    with pytest.raises(CollectError, match="belongs to another run"):
+        collect_stats(load_model(tiny_models["gpt2"]), Corpus.open(other), config, checkpoint=ckpt, progress=False)
+
+
+def test_full_disk_during_checkpoint_keeps_the_previous_one(tiny_models, tiny_corpus, tmp_path, monkeypatch):
+    import ufm.stats
+
+    loaded = load_model(tiny_models["gpt2"])
+    ckpt = tmp_path / "ckpt.safetensors"
+    real, calls = ufm.stats.save_file, {"n": 0}
+
+    def disk_full_on_second(tensors, filename, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            open(filename, "wb").write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(ufm.stats, "save_file", disk_full_on_second)
+    with pytest.raises(OSError, match="No space left"):
+        collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=12, batch_size=2, checkpoint_every=1),
+                      checkpoint=ckpt, progress=False)
+    assert ClassStats.load(ckpt).metadata["blocks_done"] == 2  # the first checkpoint (one batch), intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+
+
+def test_nan_hidden_states_name_the_batch(tiny_models, tiny_corpus):
+    loaded = load_model(tiny_models["gpt2"])
+    with torch.no_grad():
+        loaded.model.transformer.ln_f.weight.fill_(float("nan"))
+    with pytest.raises(CollectError, match="NaN or Inf hidden states in batch 0"):
+        collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=12), progress=False)
+
+
+def test_token_accounting_is_exact(tiny_models, tiny_corpus):
+    tok = load_model(tiny_models["gpt2"]).tokenizer
+    corpus = Corpus.open(tiny_corpus)
+    stream = sum((document_ids(p.read_text(), tok) for p in sorted(tiny_corpus.glob("*.txt"))), [])
+    assert stream.count(tok.eos_token_id) >= 4  # one EOS closes each document
+    blocks = list(token_blocks(corpus, tok, 10))
+    assert sum(blocks, []) == stream[: len(sum(blocks, []))]
+    assert all(len(b) == 10 for b in blocks[:-1]) and 2 <= len(blocks[-1]) <= 10
+    tail = len(stream) % 10
+    assert len(sum(blocks, [])) == len(stream) - (tail if tail == 1 else 0)
+    capped = list(token_blocks(corpus, tok, 10, max_tokens=25))
+    assert [len(b) for b in capped] == [10, 10, 5]
+
+
+def test_bad_corpora(tiny_models, tmp_path):
+    tok = load_model(tiny_models["gpt2"]).tokenizer
+    with pytest.raises(CorpusError, match="does not exist"):
+        Corpus.open(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CorpusError, match="holds no text files"):
+        Corpus.open(tmp_path / "empty")
+    (tmp_path / "short.txt").write_text("the cat")
+    with pytest.raises(CorpusError, match="fewer than one block of 64"):
+        list(token_blocks(Corpus.open(tmp_path / "short.txt"), tok, 64))
+    (tmp_path / "blank_dir").mkdir()
+    (tmp_path / "blank_dir" / "a.txt").write_text("")
+    tok.eos_token = None  # without an EOS, an empty file adds no token at all
+    assert tok.eos_token_id is None
+    with pytest.raises(CorpusError, match="is empty"):
+        list(token_blocks(Corpus.open(tmp_path / "blank_dir"), tok, 8))
+
+
+def test_bad_model_directories(tiny_models, tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "missing")
+    (tmp_path / "noconfig").mkdir()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(tmp_path / "noconfig")
+    from transformers import ViTConfig, ViTModel
+
+    vit = tmp_path / "vit"
+    ViTModel(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                       image_size=8, patch_size=4)).save_pretrained(vit)
+    with pytest.raises(ModelLoadError, match="not a causal language model"):
+        load_model(vit)
+    small = save_tiny_model(tmp_path / "small", "gpt2", vocab_size=300)
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import tiny_config
+
+    AutoModelForCausalLM.from_config(tiny_config("gpt2", 100)).save_pretrained(small)  # vocab 100 < 300
+    with pytest.raises(ModelLoadError, match="tokenizer has 300 tokens but the unembedding only 100"):
+        load_model(small)
+
+
+def test_hook_is_removed_on_error(tiny_models):
+    loaded = load_model(tiny_models["gpt2"])
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_unembedding_input(loaded.model):
+            raise RuntimeError("boom")
+    assert len(loaded.unembedding._forward_pre_hooks) == 0
+
+
+def _rank_main(rank, model_dir, corpus_dir, init_file, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    loaded = load_model(model_dir)
+    result = collect_stats(loaded, Corpus.open(corpus_dir), CollectConfig(block_size=12, batch_size=2),
+                           progress=False)
+    result.stats.save(f"{out_dir}/rank{rank}.safetensors")
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process(tiny_models, tiny_corpus, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(str(tiny_models["gpt2"]), str(tiny_corpus), str(tmp_path / "init"), str(tmp_path)),
+             nprocs=2, join=True)
+    single = collect_stats(load_model(tiny_models["gpt2"]), Corpus.open(tiny_corpus),
+                           CollectConfig(block_size=12, batch_size=2), progress=False)
+    for rank in range(2):
+        merged = ClassStats.load(tmp_path / f"rank{rank}.safetensors")
+        assert merged.metadata["tokens"] == single.tokens
+        assert_same_stats(merged, single.stats, rtol=1e-12)
+    assert np.isclose(merged.total, single.stats.total)
