@@ -125,18 +125,20 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
         for n_batch, (ids, lengths) in enumerate(batches(mine, config.batch_size)):
             _, hidden = forward_features(loaded, ids, lengths, store)
-            keep = labelled_positions(ids, lengths).to(dev)  # (B, T-1)
-            features = hidden[:, :-1][keep]  # (N, D)
-            if not bool(torch.isfinite(features).all()):
+            keep = labelled_positions(ids, lengths)  # (B, T-1), built on the CPU: no device sync
+            n_tokens = int(keep.sum())
+            keep = keep.to(dev, non_blocking=True)
+            try:
+                acc.update(hidden[:, :-1][keep], ids[:, 1:].to(dev, non_blocking=True)[keep])
+            except ValueError as err:  # the accumulator is unchanged: nothing half-done to undo
                 raise CollectError(
                     f"NaN or Inf hidden states in batch {n_batch} (blocks {blocks_done}.."
-                    f"{blocks_done + len(lengths) - 1} of this rank): the model's forward pass is unstable"
-                )
-            acc.update(features, ids[:, 1:].to(dev)[keep])
+                    f"{blocks_done + len(lengths) - 1} of this rank): {err}"
+                ) from err
             blocks_done += len(lengths)
-            tokens += int(keep.sum())
+            tokens += n_tokens
             since_ckpt += len(lengths)
-            bar.update(int(keep.sum()))
+            bar.update(n_tokens)
             if ckpt is not None and config.checkpoint_every and since_ckpt >= config.checkpoint_every:
                 _save_checkpoint(acc, ckpt, identity, blocks_done, tokens)
                 since_ckpt = 0

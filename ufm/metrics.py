@@ -41,7 +41,7 @@ class MetricOptions:
     cdnv_power: float = 2.0  # p in (s_c + s_c') / (2 ||mu_c - mu_c'||^p); 2 Galanti, 4 LC code
     center: Literal["uniform", "weighted"] = "uniform"  # global mean: of class means, or of samples
     min_count: int = 1  # classes with fewer samples are left out
-    tile_size: int | None = None  # pairwise tile edge; None: 1024 on CPU, 4096 on CUDA
+    tile_size: int | None = None  # pairwise tile edge; None: 1024 on CPU, 8192 on CUDA
     riesz_s: float | None = None  # also report the Riesz s-kernel ||m^_c - m^_c'||^-s
 
     def __post_init__(self) -> None:
@@ -142,7 +142,7 @@ def collapse_metrics(
 
     norms = centered.norm(dim=1)  # (K',)
     log_norms = norms.log()
-    tile = opts.tile_size or (4096 if dev.type == "cuda" else 1024)
+    tile = opts.tile_size or (8192 if dev.type == "cuda" else 1024)
     pairs = pairwise_sweep(
         centered, stats.var_traces[kept], cdnv_power=float(opts.cdnv_power), tile_size=tile,
         riesz_s=opts.riesz_s, classifier=w,

@@ -189,27 +189,25 @@ class StatsAccumulator:
         check_shape(h, "features", (None, self.dim))
         y = as_tensor(labels, "labels", device=self.device)
         check_shape(y, "labels", (h.shape[0],))
-        check_labels(y, self.num_classes)
-        check_finite(h, "features")
-        h = h.to(torch.float64)
-        if weights is None:
-            w = torch.ones(h.shape[0], dtype=torch.float64, device=self.device)
-        else:
+        w = None
+        if weights is not None:
             w = as_tensor(weights, "weights", device=self.device, dtype=torch.float64)
             check_shape(w, "weights", (h.shape[0],))
-            check_finite(w, "weights")
-            if bool((w < 0).any()):
-                raise ValueError("weights must be non-negative")
+        if h.shape[0] == 0:
+            return self
+        self._check_values(h, y, w)
+        h = h.to(torch.float64)
+        if w is None:
+            w = torch.ones(h.shape[0], dtype=torch.float64, device=self.device)
+        elif (w == 0).any():
             keep = w > 0
-            if not bool(keep.all()):
-                h, y, w = h[keep], y[keep], w[keep]
+            h, y, w = h[keep], y[keep], w[keep]
         if h.shape[0] == 0:
             return self
 
-        classes, inv = torch.unique(y.long(), return_inverse=True)  # (Kb,), (B,)
+        classes, inv, count_b = torch.unique(y.long(), return_inverse=True, return_counts=True)  # (Kb,)
         kb = classes.shape[0]
         n_b = torch.zeros(kb, dtype=torch.float64, device=self.device).index_add_(0, inv, w)
-        count_b = torch.bincount(inv, minlength=kb)
         sums = torch.zeros(kb, self.dim, dtype=torch.float64, device=self.device)
         mean_b = sums.index_add_(0, inv, h * w[:, None]) / n_b[:, None]  # (Kb, D)
         centered = h - mean_b[inv]  # (B, D): two-pass within the batch, exact enough
@@ -218,6 +216,24 @@ class StatsAccumulator:
         scatter_b = (centered * w[:, None]).T @ centered  # (D, D)
         self._merge_classes(classes, n_b, count_b, mean_b, m2_b, scatter_b)
         return self
+
+    def _check_values(self, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> None:
+        """Range and finiteness of a batch, read back in one transfer: each device-to-host sync
+        stalls a GPU pipeline. The detailed messages are computed only on failure."""
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            check_labels(y, self.num_classes)  # raises: labels must be integers
+        flags = [y.min().double(), y.max().double(), torch.isfinite(h).all().double()]
+        if w is not None:
+            flags += [torch.isfinite(w).all().double(), w.min()]
+        values = torch.stack(flags).tolist()
+        if values[0] < 0 or values[1] >= self.num_classes:
+            check_labels(y, self.num_classes)
+        if not values[2]:
+            check_finite(h, "features")
+        if w is not None and not values[3]:
+            check_finite(w, "weights")
+        if w is not None and values[4] < 0:
+            raise ValueError("weights must be non-negative")
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         """Fold in another accumulator over the same classes and dimension (a shard, a rank)."""

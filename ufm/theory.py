@@ -28,12 +28,17 @@ def simplex_etf_gram(num_classes: int) -> np.ndarray:
     return k / (k - 1) * (np.eye(k) - 1.0 / k)
 
 
-def sparse_component(targets: NTPTargets) -> np.ndarray:
-    """L_in (V, m): log p_jz minus its mean over the support S_j, on the support; 0 off it."""
+def sparse_component_values(targets: NTPTargets) -> np.ndarray:
+    """L_in on the support, (nnz,) aligned with targets.tokens / targets.contexts (any size)."""
     logp = np.log(targets.probs)
     mean = np.bincount(targets.contexts, weights=logp, minlength=targets.num_contexts) / targets.support_sizes
+    return logp - mean[targets.contexts]
+
+
+def sparse_component(targets: NTPTargets) -> np.ndarray:
+    """L_in (V, m): log p_jz minus its mean over the support S_j, on the support; 0 off it."""
     L = np.zeros((targets.vocab_size, targets.num_contexts))
-    L[targets.tokens, targets.contexts] = logp - mean[targets.contexts]
+    L[targets.tokens, targets.contexts] = sparse_component_values(targets)
     return L
 
 

@@ -23,7 +23,7 @@ from .metrics import collapse_metrics
 from .model import CHUNK_ENTRIES, FreeFeatures, TargetTensors, soft_label_ce
 from .stats import ClassStats, StatsAccumulator
 from .targets import NTPTargets
-from .theory import sparse_component, subspace_collapse_ratio
+from .theory import sparse_component_values, subspace_collapse_ratio
 
 Optimizer = Literal["gd", "ngd", "adam"]
 DEFAULT_LR = {"gd": 20.0, "ngd": 0.5, "adam": 0.05}
@@ -245,8 +245,7 @@ class _Monitor:
     def __init__(self, targets: NTPTargets, l_mm, device, dtype):
         self.targets = targets
         self.data = TargetTensors(targets, device, dtype)
-        l_in = sparse_component(targets)[targets.tokens, targets.contexts]
-        self.l_in = torch.as_tensor(l_in, dtype=dtype, device=device)  # (nnz,) on the support
+        self.l_in = torch.as_tensor(sparse_component_values(targets), dtype=dtype, device=device)  # (nnz,)
         self.l_mm = None if l_mm is None else torch.as_tensor(l_mm, dtype=dtype, device=device)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from lm_bridge.cli import main
+from tests.conftest import requires_cuda
 from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
 from lm_bridge.corpus import Corpus, CorpusError, document_ids, token_blocks
 from lm_bridge.models import ModelLoadError, capture_unembedding_input, load_model
@@ -236,3 +237,14 @@ def test_two_gloo_ranks_equal_one_process(tiny_models, tiny_corpus, tmp_path):
         assert merged.metadata["tokens"] == single.tokens
         assert_same_stats(merged, single.stats, rtol=1e-12)
     assert np.isclose(merged.total, single.stats.total)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_collection_equals_cpu(tiny_models, tiny_corpus):
+    # GPT-2 in float64 (Llama's rotary tables are built in float32 on purpose, 1e-7 apart across devices).
+    config = CollectConfig(block_size=24, batch_size=3)
+    runs = [collect_stats(load_model(tiny_models["gpt2"], device=dev, dtype=torch.float64),
+                          Corpus.open(tiny_corpus), config, progress=False) for dev in ("cpu", "cuda")]
+    assert runs[1].stats.device.type == "cuda"
+    assert_same_stats(runs[1].stats.to("cpu"), runs[0].stats, rtol=1e-9)
