@@ -6,4 +6,5 @@ REGISTRY = {
     "seli": "experiments.seli",
     "subspace-collapse": "experiments.subspace_collapse",
     "regularization-path": "experiments.regularization_path",
+    "linguistic-collapse": "experiments.linguistic_collapse",
 }

@@ -29,8 +29,7 @@ class Config:
     support_size: tuple[int, int] = (1, 3)
     lambdas: tuple[float, ...] = tuple(float(x) for x in np.logspace(-1, -5, 9))
     ufm_lambdas: tuple[float, ...] = (1e-2, 1e-3, 1e-4)  # also trained as a factorized UFM
-    ufm_steps: int = 40_000
-    ufm_lr: float = 5.0  # plain GD
+    ufm_steps: int = 20_000  # default optimizer (Adam, cosine schedule)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,9 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     slope = float(np.polyfit(x[tail], nuc[tail], 1)[0])
     ufm_rows = []
     for lam in config.ufm_lambdas:
-        r = train_ufm(targets, config.vocab_size, weight_decay=lam, steps=config.ufm_steps, optimizer="gd",
-                      lr=config.ufm_lr, lr_schedule="constant", device=args.device, seed=args.seed,
-                      snapshots=[], l_mm=l_mm)
+        r = train_ufm(targets, config.vocab_size, weight_decay=lam, steps=config.ufm_steps, device=args.device,
+                      seed=args.seed, snapshots=[], l_mm=l_mm)
         L = r.logits()
         ufm_rows.append(dict(lam=lam, nuclear=float(np.linalg.norm(L, "nuc")), pf_dist=r.history[-1]["pf_dist"],
                              cos_mm=r.history[-1]["cos_mm"]))

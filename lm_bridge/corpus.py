@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 TEXT_SUFFIXES = (".txt", ".text", ".md")
@@ -46,6 +46,13 @@ class Corpus:
         if not files:
             raise CorpusError(f"corpus directory {root} holds no text files ({', '.join(TEXT_SUFFIXES)})")
         return cls(root, files)
+
+    def split(self, every: int = 10) -> tuple[Corpus, Corpus]:
+        """(train, validation) by document: every ``every``-th file in sorted order is held out."""
+        if self.is_dataset or len(self.files) < 2:
+            raise CorpusError(f"{self.root}: a train / validation split needs at least 2 text files")
+        val = tuple(f for i, f in enumerate(self.files) if i % every == every - 1) or self.files[-1:]
+        return replace(self, files=tuple(f for f in self.files if f not in val)), replace(self, files=val)
 
     def documents(self) -> Iterator[str]:
         if self.is_dataset:

@@ -61,9 +61,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
                dtype: torch.dtype | None = None) -> LoadedModel:
     """A causal LM and its tokenizer from ``path`` (a Hugging Face model directory)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
@@ -94,6 +93,13 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
             f"{loaded.vocab_size} rows; they do not belong together"
         )
     return loaded
+
+
+def quiet_transformers() -> None:
+    """No per-file progress bars from transformers: ours report tokens/s instead."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def model_identity(path: Path) -> str:

@@ -6,7 +6,10 @@ so tokenizers are built with `tokenizers` and wrapped in PreTrainedTokenizerFast
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 EOS = "<|endoftext|>"
 
@@ -25,3 +28,23 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *, min_frequency:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def corpus_tokenizer(corpus, vocab_size: int):
+    """The BPE tokenizer of ``corpus`` (a lm_bridge.corpus.Corpus), trained once and cached."""
+    from transformers import PreTrainedTokenizerFast
+
+    from .data import cache_dir
+
+    target = cache_dir() / "tokenizers" / f"{corpus.identity()}-v{vocab_size}"
+    if target.is_dir():
+        return PreTrainedTokenizerFast.from_pretrained(target, local_files_only=True)
+    tokenizer = train_bpe_tokenizer(corpus.documents(), vocab_size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tokenizer."))
+    try:
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)  # the whole folder appears at once
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer

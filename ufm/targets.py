@@ -187,34 +187,47 @@ def random_supports(num_contexts: int, vocab_size: int, support_size, *, probs: 
                       np.concatenate(contexts).astype(np.int64), np.concatenate(values), v)
 
 
+def from_transitions(contexts, next_tokens, vocab_size: int, *, min_count: int = 1,
+                     max_contexts: int | None = None) -> tuple[NTPTargets, list[tuple[int, ...]]]:
+    """Targets from observed (context, next token) pairs: each distinct context with its empirical
+    next-token distribution. Contexts seen fewer than ``min_count`` times are dropped, and only the
+    ``max_contexts`` most frequent are kept (ties by first appearance); pi_j is the context's share
+    of the kept occurrences. Returns the targets and the context of each column."""
+    check_positive_int(min_count, "min_count")
+    follow: dict[tuple[int, ...], Counter] = defaultdict(Counter)
+    for c, z in zip(contexts, next_tokens):
+        follow[tuple(c)][int(z)] += 1
+    totals = {c: sum(nxt.values()) for c, nxt in follow.items()}
+    kept = [c for c in follow if totals[c] >= min_count]
+    kept.sort(key=lambda c: -totals[c])  # stable: ties stay in order of first appearance
+    kept = kept[:max_contexts] if max_contexts is not None else kept
+    if not kept:
+        raise ValueError(f"no context occurs at least min_count={min_count} times")
+    counts = np.array([totals[c] for c in kept], dtype=np.float64)
+    toks, ctxs, vals = [], [], []
+    for j, c in enumerate(kept):
+        for z in sorted(follow[c]):
+            toks.append(z)
+            ctxs.append(j)
+            vals.append(follow[c][z] / counts[j])
+    if max(toks) >= vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size})")
+    targets = NTPTargets(counts / counts.sum(), np.array(toks, np.int64), np.array(ctxs, np.int64),
+                         np.array(vals), vocab_size)
+    return targets, kept
+
+
 def from_token_stream(tokens, context_length: int, *, vocab_size: int | None = None,
-                      min_count: int = 1) -> tuple[NTPTargets, list[tuple[int, ...]]]:
-    """Every distinct window of the last ``context_length`` tokens, with its empirical next-token
-    distribution; contexts seen fewer than ``min_count`` times are dropped. pi_j is the context's
-    share of the kept occurrences. Returns the targets and the context windows (context j's tuple).
-    """
+                      min_count: int = 1, max_contexts: int | None = None) -> tuple[NTPTargets, list[tuple[int, ...]]]:
+    """Every distinct window of the last ``context_length`` tokens of a stream, with its empirical
+    next-token distribution (see from_transitions). This is how a corpus becomes targets."""
     seq = np.asarray(tokens, dtype=np.int64)
     n = check_positive_int(context_length, "context_length")
-    check_positive_int(min_count, "min_count")
     if seq.ndim != 1 or len(seq) <= n:
         raise ValueError(f"the token stream needs more than context_length={n} tokens, got {len(seq)}")
     v = int(seq.max()) + 1 if vocab_size is None else check_positive_int(vocab_size, "vocab_size")
     if seq.min() < 0 or seq.max() >= v:
         raise ValueError(f"token ids must lie in [0, {v})")
     windows = np.lib.stride_tricks.sliding_window_view(seq, n + 1)  # (T-n, n+1)
-    follow: dict[tuple[int, ...], Counter] = defaultdict(Counter)
-    for row in windows:
-        follow[tuple(row[:-1].tolist())][int(row[-1])] += 1
-    kept = sorted(c for c, nxt in follow.items() if sum(nxt.values()) >= min_count)
-    if not kept:
-        raise ValueError(f"no context of length {n} occurs at least min_count={min_count} times")
-    totals = np.array([sum(follow[c].values()) for c in kept], dtype=np.float64)
-    toks, ctxs, vals = [], [], []
-    for j, c in enumerate(kept):
-        for z in sorted(follow[c]):
-            toks.append(z)
-            ctxs.append(j)
-            vals.append(follow[c][z] / totals[j])
-    targets = NTPTargets(totals / totals.sum(), np.array(toks, np.int64), np.array(ctxs, np.int64),
-                         np.array(vals), v)
-    return targets, kept
+    return from_transitions(windows[:, :-1].tolist(), windows[:, -1], v, min_count=min_count,
+                            max_contexts=max_contexts)

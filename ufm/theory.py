@@ -122,8 +122,11 @@ def in_support_difference_projector(W: np.ndarray, support: np.ndarray) -> np.nd
     The in-support logit differences of same-support contexts carry their (different)
     probabilities; what remains after P should collapse (Zhao et al. 2024, subspace collapse).
     """
-    support = np.asarray(support)
-    pinv = np.linalg.pinv(np.asarray(W, dtype=np.float64))  # (d, V)
+    return _projector(np.linalg.pinv(np.asarray(W, dtype=np.float64)), np.asarray(support))
+
+
+def _projector(pinv: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """The projector above from W^+ (d, V), computed once per W."""
     diffs = pinv[:, support[1:]] - pinv[:, support[:1]]  # (d, k-1)
     d = pinv.shape[0]
     if diffs.shape[1] == 0:
@@ -138,14 +141,17 @@ def subspace_collapse_ratio(W: np.ndarray, H: np.ndarray, targets: NTPTargets) -
 
     0 is full subspace collapse. Groups of a single context have no pairs; NaN if none has.
     """
-    ratios = []
+    pinv = np.linalg.pinv(np.asarray(W, dtype=np.float64))  # (d, V)
+    H = np.asarray(H, dtype=np.float64)
+    total, count = 0.0, 0
     for group in targets.support_groups():
         if len(group) < 2:
             continue
         sup = targets.tokens[targets.contexts == group[0]]
-        proj = in_support_difference_projector(W, sup)
-        ph = proj @ np.asarray(H, dtype=np.float64)[:, group]  # (d, g)
-        for a in range(len(group)):
-            for b in range(a + 1, len(group)):
-                ratios.append(np.linalg.norm(ph[:, a] - ph[:, b]) / np.linalg.norm(ph[:, a]))
-    return float(np.mean(ratios)) if ratios else float("nan")
+        ph = (_projector(pinv, sup) @ H[:, group]).T  # (g, d)
+        dist = np.linalg.norm(ph[:, None, :] - ph[None, :, :], axis=-1)  # (g, g)
+        ratio = dist / np.linalg.norm(ph, axis=1)[:, None]  # row a: ||P(h_a - h_b)|| / ||P h_a||
+        upper = np.triu_indices(len(group), 1)
+        total += float(ratio[upper].sum())
+        count += len(upper[0])
+    return total / count if count else float("nan")

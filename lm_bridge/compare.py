@@ -1,0 +1,200 @@
+"""A trained causal LM next to the unconstrained-features model of the same corpus.
+
+From the corpus: contexts = the last n tokens (inside a block) seen at least ``min_count`` times, each
+with its empirical next-token distribution -> NTPTargets (Zhao et al. 2024). The UFM is trained on
+them at the model's width. Side by side:
+- the same collapse metrics (classes = next tokens) of the model (every labelled position) and of
+  the UFM (context j counts toward token z with weight pi_j p_jz);
+- for the shared contexts, the real context embedding h_j = the mean last hidden state over the
+  context's occurrences; the same-support subspace-collapse ratio of the real (H, W), of the UFM's,
+  and of the theory's factors of S~ (which collapse exactly);
+- correlations of cosine maps: real W W^T and UFM W W^T against the prediction from the centered
+  support S~ (G_W proportional to (S~ S~^T)^(1/2)), and the same for H against (S~^T S~)^(1/2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ufm import PRESETS, StatsAccumulator, collapse_metrics  # noqa: E402
+from ufm.io import write_json  # noqa: E402
+from ufm.targets import from_transitions  # noqa: E402
+from ufm.theory import centered_support, factor, predicted_grams, subspace_collapse_ratio  # noqa: E402
+from ufm.train import train_ufm  # noqa: E402
+
+from .collect import batches, forward_features, labelled_positions  # noqa: E402
+from .corpus import Corpus, token_blocks  # noqa: E402
+from .models import LoadedModel, capture_unembedding_input  # noqa: E402
+from .report import save_figure  # noqa: E402
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    context_length: int = 2  # n: a context is the last n tokens
+    min_count: int = 20  # contexts seen fewer times are dropped
+    max_contexts: int = 400  # the most frequent contexts kept
+    max_tokens: int = 200_000  # corpus tokens read
+    block_size: int = 128
+    batch_size: int = 16
+    dim: int | None = None  # UFM width; must equal the model's hidden size (None: take it)
+    weight_decay: float = 1e-4  # UFM lambda
+    steps: int = 3000  # UFM Adam steps
+    heatmap_size: int = 60  # tokens / contexts shown in the cosine maps
+    seed: int = 0
+
+
+def _offdiag_corr(a: np.ndarray, b: np.ndarray) -> float:
+    iu = np.triu_indices(len(a), 1)
+    return float(np.corrcoef(a[iu], b[iu])[0, 1])
+
+
+def _cos_rows(x: np.ndarray) -> np.ndarray:
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
+    return unit @ unit.T
+
+
+def _gram_cos(g: np.ndarray) -> np.ndarray:
+    d = np.sqrt(np.maximum(np.diag(g), 1e-300))
+    return g / np.outer(d, d)
+
+
+def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, out: str | Path, *,
+                  device: str = "auto", progress: bool = True) -> dict:
+    """Run the comparison, write ``report.md``, ``compare.json`` and figures into ``out``; return the numbers."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    d, n = loaded.hidden_size, config.context_length
+    if config.dim is not None and config.dim != d:
+        raise ValueError(
+            f"the UFM dimension asked ({config.dim}) differs from the model's width ({d}); "
+            "the comparison trains the UFM at the model's width"
+        )
+    blocks = list(token_blocks(corpus, loaded.tokenizer, config.block_size, max_tokens=config.max_tokens))
+    pairs = [(tuple(b[t - n + 1:t + 1]), b[t + 1]) for b in blocks for t in range(n - 1, len(b) - 1)]
+    targets, contexts = from_transitions([p[0] for p in pairs], [p[1] for p in pairs], loaded.vocab_size,
+                                         min_count=config.min_count, max_contexts=config.max_contexts)
+    index = {c: j for j, c in enumerate(contexts)}
+
+    # One pass: token-class statistics of every position, context statistics of the kept contexts.
+    dev = loaded.device
+    tokens_acc = StatsAccumulator(loaded.vocab_size, d, device=dev)
+    ctx_acc = StatsAccumulator(targets.num_contexts, d, device=dev)
+    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
+        for ids, lengths in batches(blocks, config.batch_size):
+            _, hidden = forward_features(loaded, ids, lengths, store)
+            keep = labelled_positions(ids, lengths)
+            tokens_acc.update(hidden[:, :-1][keep.to(dev)], ids[:, 1:][keep].to(dev))
+            rows, cols, labels = [], [], []
+            for i in range(ids.shape[0]):
+                seq = ids[i].tolist()
+                for t in range(n - 1, int(lengths[i]) - 1):
+                    j = index.get(tuple(seq[t - n + 1:t + 1]))
+                    if j is not None:
+                        rows.append(i)
+                        cols.append(t)
+                        labels.append(j)
+            if labels:
+                ctx_acc.update(hidden[torch.tensor(rows), torch.tensor(cols)], torch.tensor(labels, device=dev))
+    model_stats = tokens_acc.compute(metadata=dict(model=str(loaded.path)))
+    h_real = ctx_acc.compute().means.T.cpu().numpy()  # (d, m): mean hidden state of each context
+    w_real = loaded.classifier().cpu().numpy()  # (V, d)
+
+    ufm = train_ufm(targets, d, weight_decay=config.weight_decay, steps=config.steps, device=device,
+                    seed=config.seed, snapshots=[], progress=progress)
+    w_ufm, h_ufm = ufm.W.numpy(), ufm.features().numpy()
+    options = PRESETS["lc2024"]
+    metrics = dict(model=collapse_metrics(model_stats, loaded.classifier(), **options).to_dict(),
+                   ufm=ufm.metrics(**options).to_dict())
+
+    S = targets.support()
+    s_tilde = centered_support(S)
+    w_theory, h_theory = factor(s_tilde, dim=min(d, min(s_tilde.shape)))
+    subspace = dict(model=subspace_collapse_ratio(w_real, h_real, targets),
+                    ufm=subspace_collapse_ratio(w_ufm, h_ufm, targets),
+                    theory_s_tilde=subspace_collapse_ratio(w_theory, h_theory, targets))
+    predicted = predicted_grams(s_tilde)
+    used = np.flatnonzero(S.sum(1) > 0)  # tokens in some support
+    freq = S[used].sum(1)
+    cos_pred_w = _gram_cos(predicted.words[np.ix_(used, used)])
+    cos_pred_h = _gram_cos(predicted.contexts)
+    correlations = dict(
+        words_model_vs_s_tilde=_offdiag_corr(_cos_rows(w_real[used]), cos_pred_w),
+        words_ufm_vs_s_tilde=_offdiag_corr(_cos_rows(w_ufm[used]), cos_pred_w),
+        words_model_vs_ufm=_offdiag_corr(_cos_rows(w_real[used]), _cos_rows(w_ufm[used])),
+        contexts_model_vs_s_tilde=_offdiag_corr(_cos_rows(h_real.T), cos_pred_h),
+        contexts_ufm_vs_s_tilde=_offdiag_corr(_cos_rows(h_ufm.T), cos_pred_h),
+        contexts_model_vs_ufm=_offdiag_corr(_cos_rows(h_real.T), _cos_rows(h_ufm.T)),
+    )
+    groups = targets.support_groups()
+    summary = dict(
+        model=str(loaded.path), corpus=str(corpus.root), config=asdict(config), targets=targets.describe(),
+        same_support_groups=sum(len(g) > 1 for g in groups), metrics=metrics, subspace_ratio=subspace,
+        cosine_map_correlation=correlations, ufm_final=ufm.history[-1],
+    )
+
+    # Heatmaps: the most frequent support tokens; contexts ordered by support group.
+    top = np.argsort(-freq, kind="stable")[: config.heatmap_size]
+    order = np.concatenate(groups)[: config.heatmap_size]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 9))
+    panels = [
+        (_cos_rows(w_real[used][top]), "model: cos(w_z, w_z')"),
+        (_cos_rows(w_ufm[used][top]), "UFM: cos(w_z, w_z')"),
+        (cos_pred_w[np.ix_(top, top)], "S~ prediction (words)"),
+        (_cos_rows(h_real.T[order]), "model: cos(h_j, h_j') (context means)"),
+        (_cos_rows(h_ufm.T[order]), "UFM: cos(h_j, h_j')"),
+        (cos_pred_h[np.ix_(order, order)], "S~ prediction (contexts)"),
+    ]
+    for ax, (mat, title) in zip(axes.flat, panels):
+        im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        plt.colorbar(im, ax=ax, fraction=0.046)
+    save_figure(fig, out / "cosine_maps.png")
+    write_json(out / "compare.json", summary)
+    (out / "report.md").write_text(render_report(summary))
+    return summary
+
+
+REPORT_KEYS = [
+    ("nc1_trace_ratio", "NC1 Tr(S_W S_B^+)/K"), ("cdnv_mean", "CDNV mean (power 4)"),
+    ("norm_cov", "CoV of ||m_c||"), ("log_norm_cov", "CoV of log ||m_c||"), ("cos_mean", "mean cos(m_c, m_c')"),
+    ("cos_std", "std cos(m_c, m_c')"), ("etf_error", "ETF error"), ("gnc_log_std", "std log-kernel (GNC)"),
+    ("dual_cos_mean", "mean cos(w_c, m_c) (NC3)"), ("unc_cov", "UNC3 CoV"), ("dual_error", "dual error"),
+    ("num_classes_kept", "classes kept"),
+]
+
+
+def render_report(summary: dict) -> str:
+    m, u = summary["metrics"]["model"], summary["metrics"]["ufm"]
+    t = summary["targets"]
+    lines = [
+        "# Model and unconstrained-features model, side by side", "",
+        f"Model `{summary['model']}` on corpus `{summary['corpus']}`.", "",
+        f"Targets: {t['num_contexts']} contexts of {summary['config']['context_length']} tokens "
+        f"(seen >= {summary['config']['min_count']} times), vocabulary {t['vocab_size']}, "
+        f"{t['num_support_patterns']} support patterns, {summary['same_support_groups']} shared by several "
+        f"contexts, entropy {t['entropy']:.4f} nats. UFM: CE - H = {summary['ufm_final']['ce_minus_entropy']:.4g}.",
+        "", "## Collapse metrics (Linguistic Collapse preset: CDNV power 4, class-uniform mean)", "",
+        "| metric | model | UFM |", "| --- | ---: | ---: |",
+    ]
+    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines += [f"| {label} | {fmt(m.get(k))} | {fmt(u.get(k))} |" for k, label in REPORT_KEYS]
+    s = summary["subspace_ratio"]
+    lines += ["", "## Subspace collapse of same-support contexts",
+              "", "Mean ||P(h_j - h_j')|| / ||P h_j|| over same-support pairs (0: collapsed).", "",
+              "| model | UFM | theory (factors of S~) |", "| ---: | ---: | ---: |",
+              f"| {fmt(s['model'])} | {fmt(s['ufm'])} | {fmt(s['theory_s_tilde'])} |", "",
+              "## Cosine maps against the S~ prediction", "",
+              "Pearson correlation of off-diagonal cosines.", "", "| pair | correlation |", "| --- | ---: |"]
+    lines += [f"| {k.replace('_', ' ')} | {v:.4f} |" for k, v in summary["cosine_map_correlation"].items()]
+    lines += ["", "![cosine maps](cosine_maps.png)", ""]
+    return "\n".join(lines)
