@@ -7,4 +7,5 @@ REGISTRY = {
     "subspace-collapse": "experiments.subspace_collapse",
     "regularization-path": "experiments.regularization_path",
     "linguistic-collapse": "experiments.linguistic_collapse",
+    "feature-collapse": "experiments.feature_collapse",
 }

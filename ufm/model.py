@@ -119,17 +119,23 @@ def layer_norm_columns(H: torch.Tensor) -> torch.Tensor:
 
 
 class FreeFeatures(torch.nn.Module):
-    """Free word embeddings W (V, d), context embeddings H (d, m), optional bias and LayerNorm on H."""
+    """Free word embeddings W (V, d), context embeddings H (d, m), optional bias, optional LayerNorm
+    on the columns of H and on the rows of W."""
 
     def __init__(self, vocab_size: int, num_contexts: int, dim: int, *, bias: bool = False,
-                 layernorm: bool = False, init_scale: float = 0.1, generator: torch.Generator | None = None,
-                 dtype: torch.dtype = torch.float64):
+                 layernorm: bool = False, word_layernorm: bool = False, init_scale: float = 0.1,
+                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
         # Drawn on the CPU from the generator, so a seed gives the same start on any device.
         self.W = torch.nn.Parameter(init_scale * torch.randn(vocab_size, dim, generator=generator, dtype=dtype))
         self.H = torch.nn.Parameter(init_scale * torch.randn(dim, num_contexts, generator=generator, dtype=dtype))
         self.bias = torch.nn.Parameter(torch.zeros(vocab_size, dtype=dtype)) if bias else None
         self.layernorm = layernorm
+        self.word_layernorm = word_layernorm
+
+    def words(self) -> torch.Tensor:
+        """The word embeddings that meet the features: rows of W (or LN of them), (V, d)."""
+        return layer_norm_columns(self.W.T).T if self.word_layernorm else self.W
 
     def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
         """The context features that meet W: columns of H (or LN(H)), (d, B)."""

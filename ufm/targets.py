@@ -187,6 +187,33 @@ def random_supports(num_contexts: int, vocab_size: int, support_size, *, probs: 
                       np.concatenate(contexts).astype(np.int64), np.concatenate(values), v)
 
 
+def synonym_language(num_groups: int, synonyms: int, *, next_groups: int = 2, zipf_exponent: float = 1.0,
+                     seed: int = 0) -> tuple[NTPTargets, np.ndarray]:
+    """A bigram language whose words come in groups of interchangeable synonyms.
+
+    Word z = g * synonyms + r belongs to group g and has rank r. Each group is followed by
+    ``next_groups`` random groups (uniformly); a group is spoken as its synonym of rank r with
+    frequency mu_r proportional to (r + 1)^-zipf_exponent. Contexts are the previous word (every
+    word, pi_z = mu_r / num_groups): synonyms have the same continuations as contexts and the same
+    contexts as continuations, at unequal frequencies. Returns the targets and each word's group.
+    """
+    g = check_positive_int(num_groups, "num_groups")
+    s = check_positive_int(synonyms, "synonyms")
+    if not 1 <= next_groups <= g:
+        raise ValueError(f"next_groups must lie in [1, num_groups={g}], got {next_groups}")
+    rng = np.random.default_rng(seed)
+    mu = (np.arange(1, s + 1, dtype=np.float64)) ** -zipf_exponent
+    mu /= mu.sum()
+    follows = [np.sort(rng.choice(g, size=next_groups, replace=False)) for _ in range(g)]
+    v = g * s
+    P = np.zeros((v, v))
+    for z in range(v):
+        for nxt in follows[z // s]:
+            P[nxt * s:(nxt + 1) * s, z] = mu / next_groups
+    pi = np.tile(mu, g) / g
+    return NTPTargets.from_arrays(pi, P), np.arange(v) // s
+
+
 def from_transitions(contexts, next_tokens, vocab_size: int, *, min_count: int = 1,
                      max_contexts: int | None = None) -> tuple[NTPTargets, list[tuple[int, ...]]]:
     """Targets from observed (context, next token) pairs: each distinct context with its empirical

@@ -39,6 +39,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # constant | cosine (decays to lr * 1e-3 at the last step)
     bias: bool = False  # a free bias b (V,) in the logits, not regularized
     layernorm: bool = False  # features LN(h_j); H is then not regularized
+    word_layernorm: bool = False  # word embeddings LN(w_z); W is then not regularized
     init_scale: float = 0.1  # std of the Gaussian initialization of W and H
     batch_size: int | None = None  # contexts per step; None: full batch
     dtype: str = "float64"  # parameters' dtype
@@ -80,9 +81,15 @@ class UFMResult:
 
         return layer_norm_columns(self.H) if self.config.layernorm else self.H
 
+    def words(self) -> torch.Tensor:
+        """The word embeddings that meet the features: W, or LN of its rows with word_layernorm. (V, d)"""
+        from .model import layer_norm_columns
+
+        return layer_norm_columns(self.W.T).T if self.config.word_layernorm else self.W
+
     def logits(self) -> np.ndarray:
         """L = W H (+ b) as a dense (V, m) array (small problems)."""
-        L = self.W @ self.features()
+        L = self.words() @ self.features()
         if self.bias is not None:
             L = L + self.bias[:, None]
         return L.numpy()
@@ -92,7 +99,7 @@ class UFMResult:
         return ufm_class_stats(self.features(), self.targets)
 
     def metrics(self, **options):
-        return collapse_metrics(self.class_stats(), self.W, **options)
+        return collapse_metrics(self.class_stats(), self.words(), **options)
 
     def series(self, key: str) -> np.ndarray:
         """One quantity of the history against ``self.steps()``."""
@@ -132,6 +139,7 @@ def train_ufm(
     lr_schedule: str = "cosine",
     bias: bool = False,
     layernorm: bool = False,
+    word_layernorm: bool = False,
     init_scale: float = 0.1,
     batch_size: int | None = None,
     dtype: str = "float64",
@@ -158,13 +166,14 @@ def train_ufm(
     config = TrainConfig(
         dim=dim, weight_decay=float(weight_decay), steps=steps, lr=float(lr if lr is not None else DEFAULT_LR.get(optimizer, 1.0)),
         optimizer=optimizer, lr_schedule=lr_schedule, bias=bias, layernorm=layernorm,
-        init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed, chunk_entries=chunk_entries,
+        word_layernorm=word_layernorm, init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed, chunk_entries=chunk_entries,
     )
     dev = resolve_device(device)
     tdtype = getattr(torch, config.dtype)
     gen = torch.Generator().manual_seed(seed)
     model = FreeFeatures(targets.vocab_size, targets.num_contexts, dim, bias=bias, layernorm=layernorm,
-                         init_scale=init_scale, generator=gen, dtype=tdtype).to(dev)
+                         word_layernorm=word_layernorm, init_scale=init_scale, generator=gen,
+                         dtype=tdtype).to(dev)
     data = TargetTensors(targets, dev, tdtype)
     monitor = _Monitor(targets, l_mm, dev, tdtype)
     marks = set(snapshot_steps(steps, snapshots) if isinstance(snapshots, int) else [*snapshots, 0, steps])
@@ -173,10 +182,10 @@ def train_ufm(
 
     def objective(batch: torch.Tensor | None) -> torch.Tensor:
         pi_b, tok, col, prob = data.select(batch)
-        ce = soft_label_ce(model.W, model.features(batch), model.bias, pi_b, tok, col, prob,
+        ce = soft_label_ce(model.words(), model.features(batch), model.bias, pi_b, tok, col, prob,
                            chunk_entries=config.chunk_entries)
         scale = 1.0 if batch is None else m / len(batch)  # unbiased minibatch estimate
-        ridge = model.W.square().sum()
+        ridge = 0.0 if word_layernorm else model.W.square().sum()
         if not layernorm:
             ridge = ridge + scale * (model.H if batch is None else model.H[:, batch]).square().sum()
         return scale * ce + 0.5 * config.weight_decay * ridge
@@ -252,11 +261,11 @@ class _Monitor:
     def record(self, step: int, model: FreeFeatures, config: TrainConfig, metrics: bool, subspace: bool,
                observe) -> dict[str, Any]:
         d = self.data
-        W, F = model.W, model.features()
+        W, F = model.words(), model.features()
         ce = float(soft_label_ce(W, F, model.bias, d.pi, d.tokens, d.contexts, d.probs,
                                  chunk_entries=config.chunk_entries))
-        w2, h2 = float(W.square().sum()), float(model.H.square().sum())
-        ridge = w2 + (0.0 if config.layernorm else h2)
+        w2, h2 = float(model.W.square().sum()), float(model.H.square().sum())
+        ridge = (0.0 if config.word_layernorm else w2) + (0.0 if config.layernorm else h2)
         row: dict[str, Any] = dict(
             step=step, objective=ce + 0.5 * config.weight_decay * ridge, ce=ce,
             ce_minus_entropy=ce - d.entropy, w_norm=math.sqrt(w2), h_norm=math.sqrt(h2),

@@ -34,3 +34,30 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     (tmp_path / "junk.safetensors").write_text("not statistics")
     assert main(["metrics", str(tmp_path / "junk.safetensors")]) == 2
     assert "not a statistics file" in capsys.readouterr().err
+
+
+def test_feature_collapse_quick(tmp_path):
+    assert main(["experiment", "feature-collapse", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["regimes"]) == {"uniform, no LN", "uniform, LayerNorm", "zipf, no LN", "zipf, LayerNorm"}
+    assert results["lmm_synonym_row_spread"] < 1e-6 and len(results["ntp"]) == 4
+
+
+def test_linguistic_collapse_grid_on_a_local_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    words = "the cat sat on a mat while the dog ran to the old red barn and a bird sang".split()
+    rng = __import__("numpy").random.default_rng(0)
+    for i in range(12):
+        (corpus / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words, 400)))
+    grid = dict(corpus=str(corpus), vocab_size=300, archs=[[1, 16]], extra_archs=[[1, 16]], seed_arch=[1, 16],
+                num_seeds=3, epochs=2, block_size=32, batch_size=8, max_train_tokens=3000, max_val_tokens=600,
+                measure_tokens=1500, workers=1)
+    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    out = tmp_path / "out"
+    assert main(["experiment", "linguistic-collapse", "--grid", str(tmp_path / "grid.json"), "--device", "cpu",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_models"] == 8  # (1 arch + 1 weight decay + 2 more seeds) x 2 epochs
+    assert set(results["analysis"]) >= {"cdnv_mean", "nc4_agreement", "cos_std", "unc_cov"}
+    assert (out / "table.md").read_text().startswith("| metric | R^2 |")
