@@ -31,6 +31,7 @@ from .io import atomic_write
 FORMAT_NAME = "collapse-lab/class-stats"
 FORMAT_VERSION = 1
 _TENSOR_NAMES = ("counts", "sample_counts", "means", "var_traces", "within_scatter")
+_TINY = 1e-300  # guards divisions by a class weight that is exactly 0
 
 
 class StatsFileError(ValueError):
@@ -205,11 +206,17 @@ class StatsAccumulator:
         if h.shape[0] == 0:
             return self
 
-        classes, inv, count_b = torch.unique(y.long(), return_inverse=True, return_counts=True)  # (Kb,)
-        kb = classes.shape[0]
+        if self.device.type == "cuda":
+            # Over all K classes: no data-dependent shapes, so no device sync (torch.unique needs
+            # one), and the GPU never waits for the host between forward passes.
+            classes, inv, kb = slice(None), y.long(), self.num_classes
+        else:
+            classes, inv = torch.unique(y.long(), return_inverse=True)  # (Kb,), (B,)
+            kb = classes.shape[0]
         n_b = torch.zeros(kb, dtype=torch.float64, device=self.device).index_add_(0, inv, w)
+        count_b = torch.zeros(kb, dtype=torch.int64, device=self.device).index_add_(0, inv, torch.ones_like(inv))
         sums = torch.zeros(kb, self.dim, dtype=torch.float64, device=self.device)
-        mean_b = sums.index_add_(0, inv, h * w[:, None]) / n_b[:, None]  # (Kb, D)
+        mean_b = sums.index_add_(0, inv, h * w[:, None]) / n_b.clamp_min(_TINY)[:, None]  # (Kb, D)
         centered = h - mean_b[inv]  # (B, D): two-pass within the batch, exact enough
         m2_b = torch.zeros(kb, dtype=torch.float64, device=self.device)
         m2_b.index_add_(0, inv, w * centered.square().sum(1))
@@ -253,12 +260,13 @@ class StatsAccumulator:
         return self
 
     def _merge_classes(self, idx, n_b, count_b, mean_b, m2_b, scatter_b) -> None:
-        """Chan's merge of part b (classes ``idx``, all with n_b > 0) into this state."""
+        """Chan's merge of part b (classes ``idx``; a class with n_b = 0 changes nothing) into this state."""
         n_a = self._n[idx]  # (Kb,)
         n = n_a + n_b
+        safe_n = n.clamp_min(_TINY)  # classes empty on both sides: 0 / 0 would be NaN
         delta = mean_b - self._mean[idx]  # (Kb, D)
-        coef = n_a * n_b / n  # (Kb,)
-        self._mean[idx] += delta * (n_b / n)[:, None]
+        coef = n_a * n_b / safe_n  # (Kb,)
+        self._mean[idx] += delta * (n_b / safe_n)[:, None]
         self._m2[idx] += m2_b + coef * delta.square().sum(1)
         self._scatter += scatter_b + (delta * coef[:, None]).T @ delta
         self._n[idx] = n
@@ -268,7 +276,7 @@ class StatsAccumulator:
         total = self._n.sum()
         if not bool(total > 0):
             raise ValueError("no samples were accumulated: statistics of an empty input")
-        var = torch.where(self._n > 0, self._m2 / self._n.clamp_min(1e-300), torch.zeros_like(self._m2))
+        var = torch.where(self._n > 0, self._m2 / self._n.clamp_min(_TINY), torch.zeros_like(self._m2))
         return ClassStats(
             counts=self._n.clone(),
             sample_counts=self._count.clone(),

@@ -4,6 +4,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import requires_cuda
 from tests.ufm.reference import naive_stats
 from ufm import ClassStats, StatsAccumulator, StatsFileError, stats_from_features
 from ufm.io import atomic_write
@@ -197,3 +198,14 @@ def test_bad_construction_and_merge():
         bad = good.means.clone()
         bad[0, 0] = float("nan")
         ClassStats(good.counts, good.sample_counts, bad, good.var_traces, good.within_scatter)
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cuda_accumulator_equals_naive():
+    h, y, w = random_samples()
+    acc = StatsAccumulator(40, 16, device="cuda")
+    for part in np.array_split(np.arange(len(y)), 7):
+        acc.update(torch.as_tensor(h[part], device="cuda"), torch.as_tensor(y[part], device="cuda"),
+                   torch.as_tensor(w[part], device="cuda"))
+    assert_stats_close(acc.compute().to("cpu"), naive_stats(h, y, 40, w), rtol=1e-12)
