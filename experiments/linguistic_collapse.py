@@ -137,13 +137,12 @@ def permutation_test(x: np.ndarray, y: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
-    import torch
-
     from lm_bridge.collect import CollectConfig, collect_nc4, collect_stats
     from lm_bridge.data import open_corpus
     from lm_bridge.models import load_model
     from lm_bridge.tokenizer import corpus_tokenizer
     from ufm import PRESETS, collapse_metrics
+    from ufm._validate import resolve_device
 
     parser = argparse.ArgumentParser(prog="collapse experiment linguistic-collapse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,8 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = corpus_tokenizer(train, grid.vocab_size)
     tok_dir = args.out / "tokenizer"
     tokenizer.save_pretrained(tok_dir)
-    device = "cpu" if torch.device(args.device if args.device != "auto" else
-                                   ("cuda" if torch.cuda.is_available() else "cpu")).type == "cpu" else "cuda"
+    device = resolve_device(args.device).type
     jobs = [(spec, str(tok_dir), [str(f) for f in train.files], [str(f) for f in val.files], str(corpus.root),
              str(args.out / "models" / spec.name), device) for spec in grid.specs()]
     print(f"training {len(jobs)} runs x {grid.epochs} epochs on {corpus.root} ({device}, {grid.workers} workers)")

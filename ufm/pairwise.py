@@ -50,6 +50,11 @@ class Moments:
         return mean, std
 
 
+def _inverse_or_nan(norm: float) -> float:
+    """1 / norm; NaN when the norm is 0 (all means equal, or W M^T = 0): the error is undefined."""
+    return 1.0 / norm if norm > 0 else math.nan
+
+
 def _upper_flat_index(t: int, device: torch.device, cache: dict[int, torch.Tensor]) -> torch.Tensor:
     """Flat indices of the strict upper triangle of a t x t tile (a gather, cheaper than a mask)."""
     if t not in cache:
@@ -89,11 +94,11 @@ def pairwise_sweep(
     sq = centered.square().sum(1)  # (K,) ||m_c||^2
     inv_norm = sq.rsqrt()  # (K,); a zero-norm mean gives inf, hence NaN cosines (documented)
     gram = centered.T @ centered  # (D, D)
-    etf_scale = 1.0 / float(torch.linalg.matrix_norm(gram))
+    etf_scale = _inverse_or_nan(float(torch.linalg.matrix_norm(gram)))
     e_off = -1.0 / (k * math.sqrt(k - 1))  # off-diagonal entry of E
     e_diag_shift = 1.0 / math.sqrt(k - 1)  # E_cc - E_off
     if classifier is not None:
-        dual_scale = 1.0 / math.sqrt(float((classifier.T @ classifier * gram).sum()))
+        dual_scale = _inverse_or_nan(math.sqrt(max(float((classifier.T @ classifier * gram).sum()), 0.0)))
 
     t = min(tile_size, k)
     bufs = [torch.empty(t, t, dtype=torch.float64, device=dev) for _ in range(4)]

@@ -221,8 +221,10 @@ def from_transitions(contexts, next_tokens, vocab_size: int, *, min_count: int =
     ``max_contexts`` most frequent are kept (ties by first appearance); pi_j is the context's share
     of the kept occurrences. Returns the targets and the context of each column."""
     check_positive_int(min_count, "min_count")
+    if len(contexts) != len(next_tokens):
+        raise ValueError(f"{len(contexts)} contexts but {len(next_tokens)} next tokens")
     follow: dict[tuple[int, ...], Counter] = defaultdict(Counter)
-    for c, z in zip(contexts, next_tokens):
+    for c, z in zip(contexts, next_tokens, strict=True):
         follow[tuple(c)][int(z)] += 1
     totals = {c: sum(nxt.values()) for c, nxt in follow.items()}
     kept = [c for c in follow if totals[c] >= min_count]
