@@ -24,7 +24,7 @@ def save_figure(fig, path: Path) -> Path:
 
 def class_geometry(stats: ClassStats, classifier: torch.Tensor | None, *, center: str = "uniform",
                    min_count: int = 1) -> dict[str, np.ndarray]:
-    """Per kept class: id, count, ||m_c|| and cos(w_c, m_c) (NaN without a classifier)."""
+    """Per kept class: id, count, ||m_c|| and cos(w_c, m_c) (NaN without a classifier), as arrays."""
     kept = torch.nonzero(stats.sample_counts >= min_count).flatten()
     means, counts = stats.means[kept], stats.counts[kept]
     mu = means.mean(0) if center == "uniform" else (counts[:, None] * means).sum(0) / counts.sum()
@@ -36,7 +36,7 @@ def class_geometry(stats: ClassStats, classifier: torch.Tensor | None, *, center
     else:
         dual = torch.full_like(norms, float("nan"))
     return dict(ids=kept.cpu().numpy(), counts=counts.cpu().numpy(), norms=norms.cpu().numpy(),
-                dual_cos=dual.cpu().numpy(), centered=m)
+                dual_cos=dual.cpu().numpy())
 
 
 def cdnv_matrix(stats: ClassStats, ids: np.ndarray, power: float = 2.0) -> np.ndarray:

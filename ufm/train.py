@@ -175,7 +175,7 @@ def train_ufm(
                          word_layernorm=word_layernorm, init_scale=init_scale, generator=gen,
                          dtype=tdtype).to(dev)
     data = TargetTensors(targets, dev, tdtype)
-    monitor = _Monitor(targets, l_mm, dev, tdtype)
+    monitor = _Monitor(data, l_mm)
     marks = set(snapshot_steps(steps, snapshots) if isinstance(snapshots, int) else [*snapshots, 0, steps])
     m = targets.num_contexts
     batch_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -251,9 +251,10 @@ def _step(opt, config: TrainConfig, params: list[torch.Tensor], closure_loss, st
 class _Monitor:
     """What the history records at a snapshot; the theory targets are computed once, up front."""
 
-    def __init__(self, targets: NTPTargets, l_mm, device, dtype):
-        self.targets = targets
-        self.data = TargetTensors(targets, device, dtype)
+    def __init__(self, data: TargetTensors, l_mm):
+        self.targets = targets = data.targets
+        self.data = data
+        device, dtype = data.probs.device, data.probs.dtype
         self.l_in = torch.as_tensor(sparse_component_values(targets), dtype=dtype, device=device)  # (nnz,)
         self.l_mm = None if l_mm is None else torch.as_tensor(l_mm, dtype=dtype, device=device)
 
