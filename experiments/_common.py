@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ufm.io import atomic_write, write_json  # noqa: E402
+from lm_bridge.report import save_figure  # noqa: E402
+from ufm.io import write_json  # noqa: E402
 
 
 def parse_args(name: str, doc: str, argv: list[str] | None) -> argparse.Namespace:
@@ -42,10 +43,7 @@ class Run:
         self.figures: list[str] = []
 
     def figure(self, fig: plt.Figure, stem: str) -> Path:
-        path = self.out / f"{stem}.png"
-        fig.tight_layout()
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        plt.close(fig)
+        path = save_figure(fig, self.out / f"{stem}.png")
         self.figures.append(path.name)
         return path
 
@@ -62,22 +60,3 @@ def versions() -> dict[str, str]:
 
     return dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
                 collapse_lab=ufm.__version__)
-
-
-def heatmap(ax, matrix: np.ndarray, title: str) -> None:
-    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    plt.colorbar(im, ax=ax, fraction=0.046)
-
-
-def cosines(vectors: np.ndarray) -> np.ndarray:
-    """Pairwise cosines of the rows."""
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    return unit @ unit.T
-
-
-def gram_to_cosines(gram: np.ndarray) -> np.ndarray:
-    d = np.sqrt(np.diag(gram))
-    return gram / np.outer(d, d)

@@ -71,13 +71,12 @@ def main(argv: list[str] | None = None) -> dict:
         for ln in (False, True):
             r = train_feature_collapse(data, config.dim, layernorm=ln, epochs=config.epochs, device=args.device,
                                        seed=args.seed, eval_every=config.eval_every, progress=True)
-            emb = r.W.numpy()
-            if ln:
-                emb = (emb - emb.mean(1, keepdims=True)) / emb.std(1, keepdims=True)  # LayerNorm, no affine
+            final = r.history[-1]  # the last epoch is always recorded, with the measures of phi(W)
+            prefix = "ln_" if ln else "raw_"
             regimes[f"{freq}, {'LayerNorm' if ln else 'no LN'}"] = dict(
-                history=r.history, final=r.history[-1], norms=np.linalg.norm(r.W.numpy(), axis=1).tolist(),
+                history=r.history, final=final, norms=np.linalg.norm(r.W.numpy(), axis=1).tolist(),
                 ranks=data.rank_of_word.tolist(),
-                measured=feature_measures(emb, data.concept_of_word, data.mu[data.rank_of_word]))
+                measured={k[len(prefix):]: v for k, v in final.items() if k.startswith(prefix)})
 
     table = ["| regime | test acc | train acc | within-concept CDNV (as used) | raw CDNV | concept cos | "
              "Spearman(norm, freq) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

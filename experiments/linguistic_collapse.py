@@ -137,11 +137,10 @@ def permutation_test(x: np.ndarray, y: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
-    from lm_bridge.collect import CollectConfig, collect_nc4, collect_stats
+    from lm_bridge.collect import CollectConfig, measure_model
     from lm_bridge.data import open_corpus
     from lm_bridge.models import load_model
     from lm_bridge.tokenizer import corpus_tokenizer
-    from ufm import PRESETS, collapse_metrics
     from ufm._validate import resolve_device
 
     parser = argparse.ArgumentParser(prog="collapse experiment linguistic-collapse", description=__doc__,
@@ -172,13 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     collect_cfg = CollectConfig(block_size=grid.block_size, batch_size=grid.batch_size, max_tokens=grid.measure_tokens)
-    val_cfg = replace(collect_cfg, max_tokens=grid.max_val_tokens)
     for spec, epochs in zip(grid.specs(), trained):
         for ep in epochs:
-            loaded = load_model(ep["path"], device=device)
-            stats = collect_stats(loaded, train, collect_cfg, progress=False).stats
-            m = collapse_metrics(stats, loaded.classifier(), **PRESETS["lc2024"]).to_dict()
-            nc4 = collect_nc4(loaded, val, stats, val_cfg, progress=False).agreement
+            measured = measure_model(load_model(ep["path"], device=device), train, val, collect_cfg,
+                                     heldout_tokens=grid.max_val_tokens)
+            m, nc4 = measured.metrics.to_dict(), measured.nc4.agreement
             rows.append(dict(name=spec.name, depth=spec.depth, width=spec.width, weight_decay=spec.weight_decay,
                              seed=spec.seed, epoch=ep["epoch"], val_loss=ep["val_loss"], nc4_agreement=nc4,
                              **{k: m[k] for k in ANALYSED if k in m}))

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, heatmap, cosines, gram_to_cosines, parse_args
+from experiments._common import Run, parse_args
+from lm_bridge.report import heatmap
 from ufm.targets import one_hot
-from ufm.theory import gram_cosine, seli
+from ufm.theory import cosine_matrix, gram_cosine, gram_to_cosines, seli
 from ufm.train import train_ufm
 
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         counts = [ratio * config.minority_n] * k + [config.minority_n] * k
         r = train_ufm(one_hot(counts), 2 * k, weight_decay=config.minority_weight_decay,
                       steps=config.minority_steps, device=args.device, seed=args.seed, snapshots=[])
-        c = cosines(r.W.numpy())
+        c = cosine_matrix(r.W.numpy())
         majority.append(pair_mean(c[:k, :k]))
         minority.append(pair_mean(c[k:, k:]))
         print(f"R = {ratio:5d}: minority cos {minority[-1]:+.3f}, majority cos {majority[-1]:+.3f}")

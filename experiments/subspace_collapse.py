@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, cosines, gram_to_cosines, heatmap, parse_args
+from experiments._common import Run, parse_args
+from lm_bridge.report import heatmap
 from ufm.convex import ntp_svm_result
 from ufm.targets import random_supports
-from ufm.theory import centered_support, predicted_grams, support_certificate
+from ufm.theory import (centered_support, cosine_matrix, gram_to_cosines, offdiag_correlation, predicted_grams,
+                        support_certificate)
 from ufm.train import train_ufm
 
 
@@ -36,11 +38,6 @@ class Config:
     snapshots: int = 25
 
 
-def offdiag_corr(a: np.ndarray, b: np.ndarray) -> float:
-    iu = np.triu_indices(len(a), 1)
-    return float(np.corrcoef(a[iu], b[iu])[0, 1])
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args("subspace-collapse", __doc__, argv)
     config = Config(steps=2000, snapshots=8) if args.quick else Config()
@@ -53,12 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
     svm = ntp_svm_result(S)
     l_mm = svm.solution
     predicted = predicted_grams(l_mm)
-    s_cos_h = cosines(S.T)  # cos-sim of the support columns, the paper's structural reference
+    s_cos_h = cosine_matrix(S.T)  # cos-sim of the support columns, the paper's structural reference
 
     result = train_ufm(
         targets, config.dim, weight_decay=config.weight_decay, steps=config.steps, device=args.device,
         seed=args.seed, snapshots=config.snapshots, l_mm=l_mm, track_subspace=True, progress=True,
-        observe=lambda W, H: dict(structural_corr=offdiag_corr(cosines(H.T), s_cos_h)),
+        observe=lambda W, H: dict(structural_corr=offdiag_correlation(cosine_matrix(H.T), s_cos_h)),
     )
     steps = result.steps()[1:]
     s = lambda key: result.series(key)[1:]  # noqa: E731
@@ -78,16 +75,16 @@ def main(argv: list[str] | None = None) -> dict:
     axes[0, 3].semilogx(steps, s("structural_corr"), label="corr(cos H, cos S)")
     axes[0, 3].legend(fontsize=8)
     axes[0, 3].set_title("subspace collapse")
-    heatmap(axes[1, 0], cosines(H.T)[np.ix_(order, order)], "cos of trained h_j")
+    heatmap(axes[1, 0], cosine_matrix(H.T)[np.ix_(order, order)], "cos of trained h_j")
     heatmap(axes[1, 1], gram_to_cosines(predicted.contexts)[np.ix_(order, order)], "predicted from L_mm")
-    heatmap(axes[1, 2], cosines(W), "cos of trained w_z")
+    heatmap(axes[1, 2], cosine_matrix(W), "cos of trained w_z")
     heatmap(axes[1, 3], gram_to_cosines(predicted_grams(centered_support(S)).words), "S~ proxy (words)")
     for ax in axes[0]:
         ax.set_xlabel("step")
     run.figure(fig, "subspace_collapse")
     final = result.history[-1]
-    corr_h = offdiag_corr(cosines(H.T), gram_to_cosines(predicted.contexts))
-    corr_w = offdiag_corr(cosines(W), gram_to_cosines(predicted.words))
+    corr_h = offdiag_correlation(cosine_matrix(H.T), gram_to_cosines(predicted.contexts))
+    corr_w = offdiag_correlation(cosine_matrix(W), gram_to_cosines(predicted.words))
     cert = support_certificate(S)
     summary = dict(
         entropy=targets.entropy, ce_minus_entropy=final["ce_minus_entropy"], pf_dist=final["pf_dist"],

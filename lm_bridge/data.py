@@ -23,6 +23,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from ufm.io import atomic_directory
+
 from .corpus import Corpus, CorpusError
 
 CORPORA = {
@@ -46,15 +48,8 @@ def fetch(name: str, *, force: bool = False) -> Path:
     target = corpus_dir(name)
     if target.is_dir() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}.") as tmp:
-        tmp = Path(tmp)
-        out = tmp / "texts"
-        out.mkdir()
-        (_fetch_shakespeare if name == "shakespeare" else _fetch_brown)(tmp, out)
-        if target.exists():
-            shutil.rmtree(target)
-        out.rename(target)
+    with atomic_directory(target) as out, tempfile.TemporaryDirectory(dir=target.parent) as download:
+        (_fetch_shakespeare if name == "shakespeare" else _fetch_brown)(Path(download), out)
     return target
 
 

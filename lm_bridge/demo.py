@@ -14,10 +14,10 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import ufm
+from ufm._validate import resolve_device
 from ufm.io import write_json
 
-from .collect import CollectConfig, collect_nc4, collect_stats
+from .collect import CollectConfig, measure_model
 from .compare import CompareConfig, compare_model, render_report
 from .data import open_corpus
 from .models import load_model
@@ -42,22 +42,19 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"2/4 training {spec.name} ({spec.epochs} epochs, {spec.max_train_tokens} tokens each)")
         final = train_clm(spec, tokenizer, train, val, out / "models" / spec.name, device=args.device)[-1]
         print(f"    validation loss {final.val_loss:.4f}; measuring")
-        loaded = load_model(final.path, device=args.device if args.device != "auto" else "cpu")
+        loaded = load_model(final.path, device=resolve_device(args.device))
         config = CollectConfig(block_size=spec.block_size, batch_size=16, max_tokens=100_000)
-        stats = collect_stats(loaded, train, config, progress=False).stats
-        nc4 = collect_nc4(loaded, val, stats, replace(config, max_tokens=40_000), progress=False)
-        metrics = ufm.collapse_metrics(stats, loaded.classifier(), **ufm.PRESETS["lc2024"])
+        m = measure_model(loaded, train, val, config, heldout_tokens=40_000)
         model_dir = out / "measure" / spec.name
-        stats.save(model_dir / "stats.safetensors")
-        figures = measure_figures(stats, loaded.classifier(), model_dir, cdnv_power=4.0)
-        rows.append((f"{spec.name} (val {final.val_loss:.3f})", metrics.to_dict()))
-        measured.append(dict(name=spec.name, val_loss=final.val_loss, nc4_agreement=nc4.agreement,
-                             metrics=metrics.to_dict(), figures=[f"measure/{spec.name}/{f}" for f in figures]))
+        m.stats.save(model_dir / "stats.safetensors")
+        figures = measure_figures(m.stats, loaded.classifier(), model_dir, cdnv_power=m.metrics.options["cdnv_power"])
+        rows.append((f"{spec.name} (val {final.val_loss:.3f})", m.metrics.to_dict()))
+        measured.append(dict(name=spec.name, val_loss=final.val_loss, nc4_agreement=m.nc4.agreement,
+                             metrics=m.metrics.to_dict(), figures=[f"measure/{spec.name}/{f}" for f in figures]))
     print("3/4 the two models (Linguistic Collapse preset):")
     print(format_table(rows))
     print("4/4 the larger model next to the unconstrained-features model of the same corpus")
-    larger = load_model(out / "models" / MODELS[-1].name / f"epoch{MODELS[-1].epochs}")
-    summary = compare_model(larger, train, CompareConfig(max_tokens=100_000, seed=args.seed), out / "compare",
+    summary = compare_model(loaded, train, CompareConfig(max_tokens=100_000, seed=args.seed), out / "compare",
                             device=args.device, progress=False)
     report = out / "report.md"
     report.write_text(render_demo(measured, summary))

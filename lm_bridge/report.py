@@ -22,6 +22,15 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def heatmap(ax, matrix: np.ndarray, title: str) -> None:
+    """A cosine map on [-1, 1], without ticks."""
+    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    plt.colorbar(im, ax=ax, fraction=0.046)
+
+
 def class_geometry(stats: ClassStats, classifier: torch.Tensor | None, *, center: str = "uniform",
                    min_count: int = 1) -> dict[str, np.ndarray]:
     """Per kept class: id, count, ||m_c|| and cos(w_c, m_c) (NaN without a classifier), as arrays."""

@@ -6,10 +6,7 @@ so tokenizers are built with `tokenizers` and wrapped in PreTrainedTokenizerFast
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
 EOS = "<|endoftext|>"
 
@@ -34,17 +31,14 @@ def corpus_tokenizer(corpus, vocab_size: int):
     """The BPE tokenizer of ``corpus`` (a lm_bridge.corpus.Corpus), trained once and cached."""
     from transformers import PreTrainedTokenizerFast
 
+    from ufm.io import atomic_directory
+
     from .data import cache_dir
 
     target = cache_dir() / "tokenizers" / f"{corpus.identity()}-v{vocab_size}"
     if target.is_dir():
         return PreTrainedTokenizerFast.from_pretrained(target, local_files_only=True)
     tokenizer = train_bpe_tokenizer(corpus.documents(), vocab_size)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tokenizer."))
-    try:
+    with atomic_directory(target) as tmp:  # the whole folder appears at once
         tokenizer.save_pretrained(tmp)
-        tmp.rename(target)  # the whole folder appears at once
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return tokenizer

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ufm._validate import check_positive_int, resolve_device
-from ufm.io import atomic_write
+from ufm.io import atomic_directory, atomic_write
 
 from .corpus import Corpus, token_blocks
 from .models import quiet_transformers
@@ -159,13 +157,7 @@ def _resume(out: Path, spec: TrainSpec, model, opt, schedule) -> tuple[list[Epoc
 
 def _save_epoch(model, tokenizer, path: Path, info: dict) -> None:
     """A complete Hugging Face directory, renamed into place only when fully written."""
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=2))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

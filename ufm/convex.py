@@ -79,7 +79,6 @@ class LogitsProblem:
         weighted = np.zeros((v, m))  # pi_j p_jz
         weighted[targets.tokens, targets.contexts] = targets.pi[targets.contexts] * targets.probs
         ce = targets.pi @ cp.log_sum_exp(self.L, axis=0) - cp.sum(cp.multiply(weighted, self.L))
-        self.ce = ce
         self.problem = cp.Problem(cp.Minimize(ce + self.lam * cp.normNuc(self.L)))
 
     def solve(self, lam: float) -> ConvexResult:
@@ -111,8 +110,7 @@ def linear_ntp_svm(S: np.ndarray, H: np.ndarray, *, solver: str | None = None) -
     H = np.asarray(H, dtype=np.float64)
     W = cp.Variable((np.shape(S)[0], H.shape[0]))
     problem = cp.Problem(cp.Minimize(cp.sum_squares(W)), _svm_constraints(W @ H, S))
-    result = _solve(problem, W, solver, "NTP-SVM with fixed H (not NTP-separable?)")
-    return result
+    return _solve(problem, W, solver, "NTP-SVM with fixed H (not NTP-separable?)")
 
 
 def linear_finite_component(targets: NTPTargets, H: np.ndarray, *, solver: str | None = None) -> ConvexResult:

@@ -19,7 +19,7 @@ CHUNK_ENTRIES = 1 << 25
 
 
 class TargetTensors:
-    """NTPTargets on a device: the COO non-zeros of P sorted by context, pi, and per-context offsets."""
+    """NTPTargets on a device: pi and the COO non-zeros of P, sorted by context."""
 
     def __init__(self, targets: NTPTargets, device: torch.device, dtype: torch.dtype):
         self.targets = targets

@@ -116,6 +116,24 @@ def gram_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def cosine_matrix(rows: np.ndarray) -> np.ndarray:
+    """(n, n) pairwise cosines of the rows of ``rows`` (n, d); a zero row has cosine 0."""
+    unit = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
+    return unit @ unit.T
+
+
+def gram_to_cosines(gram: np.ndarray) -> np.ndarray:
+    """The cosines a Gram matrix (n, n) implies: G_ab / sqrt(G_aa G_bb)."""
+    d = np.sqrt(np.maximum(np.diag(gram), 1e-300))
+    return gram / np.outer(d, d)
+
+
+def offdiag_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of the off-diagonal (upper-triangle) entries of two (n, n) matrices."""
+    iu = np.triu_indices(len(a), 1)
+    return float(np.corrcoef(a[iu], b[iu])[0, 1])
+
+
 def in_support_difference_projector(W: np.ndarray, support: np.ndarray) -> np.ndarray:
     """P (d, d): projection onto the orthogonal complement of span{W^+ (e_z - e_z') : z, z' in S}.
 

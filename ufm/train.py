@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ._validate import check_positive_int, resolve_device
 from .metrics import collapse_metrics
-from .model import CHUNK_ENTRIES, FreeFeatures, TargetTensors, soft_label_ce
+from .model import CHUNK_ENTRIES, FreeFeatures, TargetTensors, layer_norm_columns, soft_label_ce
 from .stats import ClassStats, StatsAccumulator
 from .targets import NTPTargets
 from .theory import sparse_component_values, subspace_collapse_ratio
@@ -77,14 +77,10 @@ class UFMResult:
 
     def features(self) -> torch.Tensor:
         """The features that meet W: H, or LN(H) with layernorm. (d, m)"""
-        from .model import layer_norm_columns
-
         return layer_norm_columns(self.H) if self.config.layernorm else self.H
 
     def words(self) -> torch.Tensor:
         """The word embeddings that meet the features: W, or LN of its rows with word_layernorm. (V, d)"""
-        from .model import layer_norm_columns
-
         return layer_norm_columns(self.W.T).T if self.config.word_layernorm else self.W
 
     def logits(self) -> np.ndarray:
