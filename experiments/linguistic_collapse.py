@@ -3,8 +3,10 @@
 A grid of GPT-Neo CLMs (depth x width, weight decay, seeds; every epoch's checkpoint counts as a
 model) is trained on a corpus (default: Shakespeare, `collapse data fetch shakespeare`), each is
 measured in one pass over its training text (classes = next tokens) and NC4 on the validation text,
-and each collapse metric is set against validation loss: R^2 of a linear fit, Spearman's rho, and an
-exact permutation test over the seeds of one architecture.
+and each collapse metric is set against validation loss with `collapse analyze`'s code
+(lm_bridge.analysis): R^2 of a linear fit and Spearman's rho over all checkpoints and over the runs'
+means (the epochs of one run are not independent), and a permutation test over the seeds of one
+architecture. The table of models is written as models.jsonl (feed it to `collapse analyze`).
 
     collapse experiment linguistic-collapse                       # small grid, 2-core CPU, < 30 min
     collapse experiment linguistic-collapse --grid large --device cuda
@@ -26,9 +28,10 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy import stats as sps
 
 from experiments._common import Run
+from lm_bridge.analysis import analyze_table
+from ufm.io import write_jsonl
 
 # metric key -> (label, transform, direction Wu & Papyan report as loss falls, their R^2)
 ANALYSED = {
@@ -116,24 +119,6 @@ def _train_one(job):
     return [asdict(r) for r in train_clm(spec, tok, train, val, out, device=device, progress=False)]
 
 
-def r2_and_spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """R^2 of the least-squares line y ~ x, Spearman rho and its p-value."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.ptp(x) == 0:
-        return math.nan, math.nan, math.nan
-    r = np.corrcoef(x, y)[0, 1]
-    rho, p = sps.spearmanr(x, y)
-    return float(r * r), float(rho), float(p)
-
-
-def permutation_test(x: np.ndarray, y: np.ndarray) -> float:
-    """Exact two-sided p-value of Spearman's rho over all orderings of y (small n: the seeds)."""
-    observed = abs(sps.spearmanr(x, y)[0])
-    rhos = [abs(sps.spearmanr(x, np.array(p))[0]) for p in itertools.permutations(y)]
-    return float(np.mean(np.array(rhos) >= observed - 1e-12))
-
-
 def main(argv: list[str] | None = None) -> dict:
     import argparse
 
@@ -182,28 +167,29 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{spec.name} epoch {ep['epoch']}: val loss {ep['val_loss']:.4f}, CDNV {m['cdnv_mean']:.4g}, "
                   f"NC4 {nc4:.4f}")
 
-    loss = np.array([r["val_loss"] for r in rows])
-    analysis = {}
+    # Epochs of one run are not independent models: they are grouped, and R^2 is also given over
+    # the runs' means. The seeds of one architecture (final epoch) get the permutation test.
+    metric_keys = [k for k in ANALYSED if all(k in r for r in rows)]
+    table_args = dict(metrics=metric_keys, log10=("cdnv_mean",), dropna=True, seed=args.seed)
+    whole = analyze_table(rows, "val_loss", group="name", **table_args)
     seed_rows = [r for r in rows if (r["depth"], r["width"]) == tuple(grid.seed_arch) and r["weight_decay"] == 0.0
                  and r["epoch"] == grid.epochs]
-    for key, (label, transform, direction, paper_r2) in ANALYSED.items():
-        x = np.array([r[key] for r in rows], dtype=np.float64)
-        x = transform(x) if transform is not None else x
-        r2, rho, p = r2_and_spearman(loss, x)
-        sx = np.array([r[key] for r in seed_rows], dtype=np.float64)
-        sx = transform(sx) if transform is not None else sx
-        seed_p = permutation_test(np.array([r["val_loss"] for r in seed_rows]), sx) if len(seed_rows) >= 3 else math.nan
-        # rho > 0: the metric rises with the loss, i.e. it is lower for better models.
-        found = "lower" if rho > 0 else "higher"
-        analysis[key] = dict(label=label, r2=r2, spearman_rho=rho, spearman_p=p, seeds_permutation_p=seed_p,
-                             direction_found=found, direction_paper=direction, paper_r2=paper_r2,
-                             agrees=found == direction)
-    table = ["| metric | R^2 | Spearman rho | p | seeds perm. p | lower loss goes with | Wu & Papyan |",
-             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    seeds = analyze_table(seed_rows, "val_loss", **table_args) if len(seed_rows) >= 3 else None
+    analysis = {}
+    for key, fit in whole.metrics.items():
+        label, _, direction, paper_r2 = ANALYSED[key]
+        analysis[key] = dict(label=label, **asdict(fit), seeds_permutation_p=seeds.metrics[key].permutation_p
+                             if seeds else None, direction_paper=direction, paper_r2=paper_r2,
+                             agrees=fit.direction == direction)
+    table = [f"{len(rows)} checkpoints of {whole.num_groups} runs; R^2 and rho over all checkpoints and over "
+             f"the runs' means (epochs of one run grouped); seeds perm. p: permutation test of rho over the "
+             f"{len(seed_rows)} seeds of {grid.seed_arch[0]}x{grid.seed_arch[1]} at the last epoch.", "",
+             "| metric | R^2 | R^2 (runs) | Spearman rho | rho (runs) | seeds perm. p | lower loss goes with | Wu & Papyan |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for a in analysis.values():
-        table.append(f"| {a['label']} | {a['r2']:.3f} | {a['spearman_rho']:+.3f} | {a['spearman_p']:.2g} | "
-                     f"{a['seeds_permutation_p']:.3f} | {a['direction_found']} | {a['direction_paper']} "
-                     f"(R^2 {a['paper_r2']}) |")
+        table.append(f"| {a['label']} | {a['r2']:.3f} | {_num(a['group_r2'])} | {a['spearman']:+.3f} | "
+                     f"{_num(a['group_spearman'], '+.3f')} | {_num(a['seeds_permutation_p'])} | {a['direction']} | "
+                     f"{a['direction_paper']} (R^2 {a['paper_r2']}) |")
     print("\n".join(table))
 
     cols = 4
@@ -215,12 +201,17 @@ def main(argv: list[str] | None = None) -> dict:
             x = np.array([r[key] for r in sel], dtype=np.float64)
             ax.scatter([r["val_loss"] for r in sel], transform(x) if transform is not None else x,
                        c=[np.log2(r["width"]) for r in sel], marker=marker, cmap="viridis", s=22, label=f"wd {wd:g}")
-        ax.set_title(f"{a['label']}\nR^2 {a['r2']:.2f}, rho {a['spearman_rho']:+.2f}", fontsize=9)
+        ax.set_title(f"{a['label']}\nR^2 {a['r2']:.2f}, rho {a['spearman']:+.2f}", fontsize=9)
         ax.set_xlabel("validation loss")
     axes.flat[0].legend(fontsize=7)
     run.figure(fig, "metrics_vs_val_loss")
     (args.out / "table.md").write_text("\n".join(table) + "\n")
+    write_jsonl(args.out / "models.jsonl", rows)  # the table of models, for `collapse analyze`
     return run.finish(dict(models=rows, analysis=analysis, table=table, num_models=len(rows)))
+
+
+def _num(value, spec: str = ".3f") -> str:
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -58,19 +59,32 @@ def add_common(parser: argparse.ArgumentParser, *, out_required: bool = False) -
 
 
 def metric_options(args: argparse.Namespace) -> dict:
-    base = dict(ufm.PRESETS[args.preset]) if args.preset else {}
-    if args.cdnv_power is not None:
-        base["cdnv_power"] = args.cdnv_power
-    if args.min_count is not None:
-        base["min_count"] = args.min_count
+    """The preset's options with the explicit flags on top; every option named, defaults included."""
+    base = asdict(ufm.MetricOptions.preset(args.preset) if args.preset else ufm.MetricOptions())
+    for key in ("cdnv_power", "min_count", "center", "spread_ddof"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
     return base
+
+
+def describe_options(preset: str | None, options: dict) -> str:
+    """One line saying which metric choices a run used (the default's CDNV power differs from LC's)."""
+    name = f"preset {preset}" if preset else "no preset (defaults; --preset lc2024 for Wu & Papyan's choices)"
+    return (f"metric options, {name}: CDNV power {options['cdnv_power']:g}, global mean {options['center']}, "
+            f"min_count {options['min_count']}, spread ddof {options['spread_ddof']}")
 
 
 def add_metric_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(ufm.PRESETS), default=None,
-                        help="metric choices of a paper (lc2024: Wu & Papyan's)")
-    parser.add_argument("--cdnv-power", type=float, default=None, help="CDNV distance power")
-    parser.add_argument("--min-count", type=int, default=None, help="smallest class kept")
+                        help="metric choices of a paper (lc2024: Wu & Papyan's code, CDNV power 4, "
+                             "Bessel spreads, NC4 on kept next tokens; papyan2020)")
+    parser.add_argument("--cdnv-power", type=float, default=None,
+                        help="CDNV distance power (default 2, Galanti et al.; lc2024: 4)")
+    parser.add_argument("--min-count", type=int, default=None, help="smallest class kept (default 1)")
+    parser.add_argument("--center", choices=["uniform", "weighted"], default=None,
+                        help="global mean: of class means (default, LC) or of samples (papyan2020)")
+    parser.add_argument("--spread-ddof", type=int, choices=[0, 1], default=None,
+                        help="std over classes of norms and NC3 cosines: 0 population (default), 1 Bessel (lc2024)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -90,7 +104,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         if len(tensors) != 1:
             raise SystemExit(f"{args.classifier} must hold exactly one tensor (W, shape (K, D))")
         classifier = next(iter(tensors.values())).to(device)
-    metrics = ufm.collapse_metrics(stats, classifier, **metric_options(args))
+    options = metric_options(args)
+    metrics = ufm.collapse_metrics(stats, classifier, **options)
+    print(describe_options(args.preset, options))
     print(format_table([(args.stats.name, metrics.to_dict())]))
     if args.out is not None:
         write_json(args.out / "metrics.json", metrics.to_dict())
@@ -164,7 +180,7 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from .collect import CollectConfig, collect_nc4, collect_stats
+    from .collect import NC4_POSITIONS, CollectConfig, collect_nc4, collect_stats
     from .corpus import Corpus
     from .models import load_model
     from .report import measure_figures
@@ -177,10 +193,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     checkpoint = args.out / "checkpoint.safetensors"
     result = collect_stats(loaded, corpus, config, checkpoint=checkpoint)
     options = metric_options(args)
+    positions = args.nc4_positions or NC4_POSITIONS.get(args.preset, "all")
     nc4 = None
     if args.heldout is not None:
         nc4 = collect_nc4(loaded, Corpus.open(args.heldout), result.stats, config,
-                          min_count=options.get("min_count", 1))
+                          min_count=options["min_count"], positions=positions)
     if rank != 0:
         return 0
     classifier = loaded.classifier()
@@ -190,7 +207,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
                               center=metrics.options["center"], min_count=metrics.options["min_count"])
     write_json(args.out / "metrics.json", dict(
         metrics=metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.agreement,
-        nc4_tokens=None if nc4 is None else nc4.tokens, preset=args.preset,
+        nc4_tokens=None if nc4 is None else nc4.tokens, nc4_positions=None if nc4 is None else nc4.positions,
+        preset=args.preset,
         model=dict(path=str(args.model), identity=loaded.identity, vocab_size=loaded.vocab_size,
                    hidden_size=loaded.hidden_size),
         corpus=dict(path=str(args.corpus), identity=result.stats.metadata["corpus_identity"],
@@ -200,9 +218,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     ))
     for f in args.out.glob("checkpoint.safetensors*"):  # done: a rerun must not resume a finished run
         f.unlink()
+    print(describe_options(args.preset, options))
     print(format_table([(args.model.name, metrics.to_dict())]))
     if nc4 is not None:
-        print(f"NC4 agreement on held-out text: {nc4.agreement:.4f} ({nc4.tokens} tokens)")
+        which = "whose next token is a kept class" if nc4.positions == "kept" else "all labelled positions"
+        print(f"NC4 agreement on held-out text: {nc4.agreement:.4f} ({nc4.tokens} tokens, {which})")
     print(f"{result.tokens} tokens in {result.seconds:.1f} s; wrote {args.out}/stats.safetensors, metrics.json, "
           + ", ".join(figures))
     return 0
@@ -247,6 +267,39 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            steps=args.steps, weight_decay=args.weight_decay, seed=args.seed)
     compare_model(loaded, open_corpus(args.corpus), config, args.out, device=args.device)
     print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from ufm.io import atomic_write
+
+    from .analysis import analysis_figures, analyze_table, read_table
+
+    rows = read_table(args.table)
+    ratios = {}
+    for spec in args.ratio:
+        name, _, frac = spec.partition("=")
+        num, _, den = frac.partition("/")
+        if not (name and num and den):
+            raise ValueError(f"--ratio takes NAME=A/B, got {spec!r}")
+        ratios[name] = (num, den)
+    metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
+    analysis = analyze_table(rows, args.loss, metrics=metrics, log10=tuple(args.log10), ratios=ratios,
+                             group=args.group, group_pattern=args.group_pattern, dropna=args.dropna,
+                             draws=args.draws, seed=args.seed)
+    table = analysis.markdown()
+    figures = analysis_figures(rows, analysis, args.out, ratios)
+    write_json(args.out / "analysis.json", dict(analysis.to_dict(), table=str(args.table), figures=figures))
+    caption = (f"Each metric against {args.loss} over {analysis.n_rows} models of {args.table.name}: R^2 of "
+               f"the least-squares line, Pearson r, Spearman rho with a permutation p-value ({args.draws} "
+               f"draws, seed {args.seed}; exact when n! <= draws).")
+    if args.group:
+        caption += (f" Rows grouped by {args.group} ({analysis.num_groups} groups): R^2 and rho also over "
+                    "the groups' means, since rows of one group are not independent.")
+    atomic_write(args.out / "analysis.md", lambda tmp: tmp.write_text(f"{caption}\n\n{table}\n"))
+    print(caption)
+    print(table)
+    print(f"wrote {args.out}/analysis.json, analysis.md and {len(figures)} figures")
     return 0
 
 
@@ -298,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--max-tokens", type=int, default=None, help="stop after this many corpus tokens")
     measure.add_argument("--checkpoint-every", type=int, default=1000, help="blocks between checkpoints (0: none)")
     add_metric_flags(measure)
+    measure.add_argument("--nc4-positions", choices=["all", "kept"], default=None,
+                         help="held-out positions NC4 counts: all, or those whose next token is a kept class "
+                              "(default: kept with --preset lc2024, else all)")
     add_common(measure, out_required=True)
     measure.set_defaults(func=cmd_measure)
 
@@ -334,6 +390,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-tokens", type=int, default=None, help="training tokens per epoch")
     add_common(train, out_required=True)
     train.set_defaults(func=cmd_train)
+
+    ana = sub.add_parser("analyze", help="each metric of a table of models against its loss (Wu & Papyan's analysis)")
+    ana.add_argument("table", type=Path, help="a CSV file with a header, or JSON lines (one model per line)")
+    ana.add_argument("--loss", required=True, help="the loss column (e.g. val_loss)")
+    ana.add_argument("--metrics", default=None, help="comma-separated metric columns (default: every numeric column)")
+    ana.add_argument("--log10", action="append", default=[], metavar="COL", help="analyse COL as log10 (repeatable)")
+    ana.add_argument("--ratio", action="append", default=[], metavar="NAME=A/B",
+                     help="a derived column A / B, e.g. a CoV from std and mean columns (repeatable)")
+    ana.add_argument("--group", default=None, metavar="COL",
+                     help="rows sharing COL are not independent (a run's epochs, one architecture's seeds)")
+    ana.add_argument("--group-pattern", default=None, metavar="REGEX",
+                     help="group by the first capture group of REGEX in the group column")
+    ana.add_argument("--draws", type=int, default=10_000, help="permutation draws (default 10,000)")
+    ana.add_argument("--dropna", action="store_true", help="skip rows with missing values instead of failing")
+    ana.add_argument("--seed", type=int, default=0, help="seed of the permutation draws")
+    ana.add_argument("--out", type=Path, required=True, help="directory for analysis.json, analysis.md, figures")
+    ana.set_defaults(func=cmd_analyze)
 
     metrics = sub.add_parser("metrics", help="collapse metrics of a saved statistics file")
     metrics.add_argument("stats", type=Path, help="a stats.safetensors file")

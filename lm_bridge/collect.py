@@ -27,6 +27,10 @@ from .corpus import Corpus, token_blocks
 from .models import LoadedModel, capture_unembedding_input
 
 
+# Which held-out positions NC4 counts under each metric preset (see collect_nc4).
+NC4_POSITIONS = {"lc2024": "kept", "papyan2020": "all"}
+
+
 class CollectError(ValueError):
     """Bad hidden states, or a checkpoint that belongs to another run."""
 
@@ -174,13 +178,19 @@ def _merge_ranks(acc: StatsAccumulator, blocks: int, tokens: int, loaded: Loaded
 
 @dataclass
 class NC4Result:
-    agreement: float  # fraction of held-out positions where NCC(h) == argmax logits
-    tokens: int
+    agreement: float  # fraction of counted held-out positions where NCC(h) == argmax logits
+    tokens: int  # positions counted
+    positions: str = "all"  # "all" labelled positions, or "kept": those whose true next token is kept
 
 
 def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: CollectConfig = CollectConfig(),
-                *, min_count: int = 1, progress: bool = True) -> NC4Result:
-    """NC4 agreement over the held-out corpus, against the training class means in ``stats``."""
+                *, min_count: int = 1, positions: str = "all", progress: bool = True) -> NC4Result:
+    """NC4 agreement over the held-out corpus, against the training class means in ``stats``.
+
+    positions "kept" counts only positions whose true next token is a kept class (Wu & Papyan's
+    code); "all" counts every labelled position."""
+    if positions not in ("all", "kept"):
+        raise ValueError(f"NC4 positions must be 'all' or 'kept', got {positions!r}")
     rank, world = _rank_world()
     acc = NC4Accumulator(stats.to(loaded.device), min_count=min_count)
     bar = tqdm(desc="nc4", unit="tok", unit_scale=True, disable=not progress or rank != 0)
@@ -190,13 +200,14 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
             keep = labelled_positions(ids, lengths)  # on the CPU: counting it needs no device sync
             bar.update(int(keep.sum()))
             keep = keep.to(loaded.device)
-            acc.update(hidden[:, :-1][keep], logits[:, :-1].argmax(-1)[keep])
+            labels = ids[:, 1:].to(loaded.device)[keep] if positions == "kept" else None
+            acc.update(hidden[:, :-1][keep], logits[:, :-1].argmax(-1)[keep], labels)
     bar.close()
     if world > 1:
         counts = torch.tensor([acc.agree, acc.total], dtype=torch.int64)
         dist.all_reduce(counts)
         acc.agree, acc.total = int(counts[0]), int(counts[1])
-    return NC4Result(acc.compute(), acc.total)
+    return NC4Result(acc.compute(), acc.total, positions)
 
 
 @dataclass
@@ -212,5 +223,6 @@ def measure_model(loaded: LoadedModel, train: Corpus, heldout: Corpus, config: C
     stats = collect_stats(loaded, train, config, progress=False).stats
     metrics = collapse_metrics(stats, loaded.classifier(), **PRESETS[preset])
     nc4_config = config if heldout_tokens is None else replace(config, max_tokens=heldout_tokens)
-    nc4 = collect_nc4(loaded, heldout, stats, nc4_config, min_count=metrics.options["min_count"], progress=False)
+    nc4 = collect_nc4(loaded, heldout, stats, nc4_config, min_count=metrics.options["min_count"],
+                      positions=NC4_POSITIONS.get(preset, "all"), progress=False)
     return Measurement(stats, metrics, nc4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -52,17 +53,30 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    """Write ``obj`` as indented strict JSON, atomically: NaN and infinities become null."""
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy / torch scalars and Paths appear in configs and results; JSON knows none of them.
-    if hasattr(obj, "item"):
-        return obj.item()
+def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """Write one strict JSON object per line (a table of models), atomically."""
+    text = "".join(json.dumps(strict_json(r), sort_keys=True, allow_nan=False) + "\n" for r in rows)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with numpy / torch values as Python ones and non-finite floats as None (JSON's null:
+    bare NaN is not JSON, and strict readers such as jq or JavaScript reject it)."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return obj
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+    if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
+        return strict_json(obj.tolist())
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")

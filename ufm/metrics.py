@@ -8,8 +8,10 @@ Definitions follow SCIENCE.md section 2:
 - GNC2 hyperspherical uniformity, the log / Riesz kernel of normalized means (Liu et al. 2023);
 - NC3 self-duality cos(w_c, m_c) and the dual error, UNC3 its spread (Wu & Papyan 2024).
 
-Only kept classes (sample count >= min_count) take part. "std" is the population standard deviation
-and "CoV" is std / |mean|. Pairwise quantities come from one tiled sweep (ufm.pairwise).
+Only kept classes (sample count >= min_count) take part. "CoV" is std / |mean|. Pair statistics
+(cosines, kernels, CDNV) use the population std (ddof 0); the spreads over classes (norms, log norms,
+squared norms, NC3 cosines) use ``spread_ddof``: 0 by default, 1 (Bessel) in Wu & Papyan's code and
+so in the ``lc2024`` preset. Pairwise quantities come from one tiled sweep (ufm.pairwise).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ PINV_RTOL = 1e-10
 PRESETS: dict[str, dict[str, Any]] = {
     # Papyan, Han & Donoho (2020) with Galanti et al.'s CDNV: squared distances, token-weighted mean.
     "papyan2020": dict(cdnv_power=2.0, center="weighted", min_count=1),
-    # Wu & Papyan, "Linguistic Collapse" (NeurIPS 2024) code: an extra power in the CDNV
-    # denominator, the class-uniform global mean, every class seen at least once.
-    "lc2024": dict(cdnv_power=4.0, center="uniform", min_count=1),
+    # Wu & Papyan, "Linguistic Collapse" (NeurIPS 2024) code (rhubarbwu/neural-collapse): an extra
+    # power in the CDNV denominator, the class-uniform global mean, every class seen at least once,
+    # Bessel-corrected spreads over classes (torch.std's default there).
+    "lc2024": dict(cdnv_power=4.0, center="uniform", min_count=1, spread_ddof=1),
 }
 
 
@@ -43,6 +46,7 @@ class MetricOptions:
     min_count: int = 1  # classes with fewer samples are left out
     tile_size: int | None = None  # pairwise tile edge; None: 1024 on CPU, 8192 on CUDA
     riesz_s: float | None = None  # also report the Riesz s-kernel ||m^_c - m^_c'||^-s
+    spread_ddof: int = 0  # std over classes (norms, NC3 cosines): 0 population, 1 Bessel (LC code)
 
     def __post_init__(self) -> None:
         if self.center not in ("uniform", "weighted"):
@@ -54,6 +58,8 @@ class MetricOptions:
             check_positive_int(self.tile_size, "tile_size")
         if self.riesz_s is not None and not self.riesz_s > 0:
             raise ValueError(f"riesz_s must be positive, got {self.riesz_s!r}")
+        if self.spread_ddof not in (0, 1):
+            raise ValueError(f"spread_ddof must be 0 or 1, got {self.spread_ddof!r}")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MetricOptions:
@@ -72,6 +78,7 @@ class CollapseMetrics:
     norm_mean: float  # mean ||m_c||
     norm_cov: float  # std / mean of ||m_c||
     log_norm_cov: float  # std / |mean| of log ||m_c||
+    norm_sq_cov: float  # std / mean of ||m_c||^2 (the "norms" CoV of Wu & Papyan's 2024-05-18 table)
     cos_mean: float  # mean cos(m_c, m_c') over pairs; simplex ETF: -1/(K-1)
     cos_std: float
     etf_error: float  # || M M^T / ||M M^T||_F - (I - 11^T/K) / sqrt(K-1) ||_F
@@ -103,6 +110,7 @@ def collapse_metrics(
     min_count: int = 1,
     tile_size: int | None = None,
     riesz_s: float | None = None,
+    spread_ddof: int = 0,
 ) -> CollapseMetrics:
     """Every neural-collapse metric of ``stats`` (and of the classifier ``W`` (K, D), if given).
 
@@ -116,7 +124,7 @@ def collapse_metrics(
     """
     if not isinstance(stats, ClassStats):
         raise TypeError(f"stats must be ClassStats, got {type(stats).__name__}")
-    opts = MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s)
+    opts = MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s, spread_ddof)
     dev = stats.device
     kept = torch.nonzero(stats.sample_counts >= opts.min_count).flatten()  # (K',)
     k = int(kept.numel())
@@ -150,12 +158,13 @@ def collapse_metrics(
     dual = {}
     if w is not None:
         dual_cos = (w * centered).sum(1) / (w.norm(dim=1) * norms)  # (K',)
-        mean, std = _mean_std(dual_cos)
+        mean, std = _mean_std(dual_cos, opts.spread_ddof)
         dual = dict(dual_cos_mean=mean, dual_cos_std=std, unc_cov=std / abs(mean),
                     dual_error=pairs.dual_error)
     riesz = dict(riesz_mean=pairs.riesz[0], riesz_std=pairs.riesz[1]) if pairs.riesz else {}
-    norm_mean, norm_std = _mean_std(norms)
-    log_mean, log_std = _mean_std(log_norms)
+    norm_mean, norm_std = _mean_std(norms, opts.spread_ddof)
+    log_mean, log_std = _mean_std(log_norms, opts.spread_ddof)
+    sq_mean, sq_std = _mean_std(norms.square(), opts.spread_ddof)
     return CollapseMetrics(
         num_classes_kept=k,
         num_pairs=pairs.num_pairs,
@@ -165,6 +174,7 @@ def collapse_metrics(
         norm_mean=norm_mean,
         norm_cov=norm_std / norm_mean,
         log_norm_cov=log_std / abs(log_mean),
+        norm_sq_cov=sq_std / sq_mean,
         cos_mean=pairs.cos[0],
         cos_std=pairs.cos[1],
         etf_error=pairs.etf_error,
@@ -187,7 +197,8 @@ def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) 
     return float((projected / evals[keep]).sum()) / k
 
 
-def _mean_std(x: torch.Tensor) -> tuple[float, float]:
+def _mean_std(x: torch.Tensor, ddof: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation over classes, with ``ddof`` 0 (population) or 1 (Bessel)."""
     mean = x.mean()
-    return float(mean), float((x - mean).square().mean().sqrt())
+    return float(mean), float(((x - mean).square().sum() / (x.numel() - ddof)).sqrt())
 

@@ -1,8 +1,9 @@
 """NC4: does the model act as a nearest-class-mean classifier? (Papyan et al. 2020; Wu & Papyan 2024)
 
 Agreement is the fraction of held-out samples whose nearest class mean (Euclidean, over kept
-classes only) is the class the model predicts (its argmax). The accumulator streams over batches
-and merges across shards like the statistics do.
+classes only) is the class the model predicts (its argmax). Given the true labels, samples whose
+label is not a kept class are left out (Wu & Papyan's code counts only those positions). The
+accumulator streams over batches and merges across shards like the statistics do.
 """
 
 from __future__ import annotations
@@ -48,18 +49,28 @@ class NC4Accumulator:
         if kept.numel() < 1:
             raise ValueError(f"no class has at least min_count={min_count} samples")
         self._class_ids = kept.to(self.device)  # (K',) class id of each kept mean
+        self._is_kept = torch.zeros(stats.num_classes, dtype=torch.bool, device=self.device)  # (K,)
+        self._is_kept[self._class_ids] = True
         self._means = stats.means[kept].to(self.device)  # (K', D)
         self.agree = 0
         self.total = 0
 
-    def update(self, features, predictions) -> NC4Accumulator:
-        """features (B, D) held-out hidden states; predictions (B,) the model's argmax classes."""
+    def update(self, features, predictions, labels=None) -> NC4Accumulator:
+        """features (B, D) held-out hidden states; predictions (B,) the model's argmax classes;
+        labels (B,) the true next classes, optional: with them, samples of classes that are not
+        kept are left out."""
         h = as_tensor(features, "features", device=self.device)
         check_shape(h, "features", (None, self.dim))
         check_finite(h, "features")
         pred = as_tensor(predictions, "predictions", device=self.device)
         check_shape(pred, "predictions", (h.shape[0],))
         check_labels(pred, self.num_classes, "predictions")
+        if labels is not None:
+            y = as_tensor(labels, "labels", device=self.device)
+            check_shape(y, "labels", (h.shape[0],))
+            check_labels(y, self.num_classes, "labels")
+            keep = self._is_kept[y.long()]  # (B,)
+            h, pred = h[keep], pred[keep]
         if h.shape[0] == 0:
             return self
         ncc = self._class_ids[nearest_class_mean(h.to(torch.float64), self._means)]
@@ -78,6 +89,7 @@ class NC4Accumulator:
         return self.agree / self.total
 
 
-def nc4_agreement(features, predictions, stats: ClassStats, *, min_count: int = 1) -> float:
-    """Fraction of samples whose nearest kept class mean equals the model's prediction."""
-    return NC4Accumulator(stats, min_count=min_count).update(features, predictions).compute()
+def nc4_agreement(features, predictions, stats: ClassStats, *, labels=None, min_count: int = 1) -> float:
+    """Fraction of samples whose nearest kept class mean equals the model's prediction; with
+    ``labels``, over the samples whose true class is kept (Wu & Papyan 2024)."""
+    return NC4Accumulator(stats, min_count=min_count).update(features, predictions, labels).compute()

@@ -60,4 +60,8 @@ def test_linguistic_collapse_grid_on_a_local_corpus(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["num_models"] == 8  # (1 arch + 1 weight decay + 2 more seeds) x 2 epochs
     assert set(results["analysis"]) >= {"cdnv_mean", "nc4_agreement", "cos_std", "unc_cov"}
-    assert (out / "table.md").read_text().startswith("| metric | R^2 |")
+    assert "| metric | R^2 | R^2 (runs) |" in (out / "table.md").read_text()
+    models = [json.loads(line) for line in (out / "models.jsonl").read_text().splitlines()]
+    assert len(models) == 8 and {"name", "epoch", "val_loss", "cdnv_mean"} <= set(models[0])
+    # The epochs of one run are grouped: 4 runs of 2 epochs each.
+    assert results["analysis"]["cdnv_mean"]["group_n"] == 4

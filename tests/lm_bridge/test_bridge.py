@@ -9,7 +9,7 @@ from tests.conftest import requires_cuda
 from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
 from lm_bridge.corpus import Corpus, CorpusError, document_ids, token_blocks
 from lm_bridge.models import ModelLoadError, capture_unembedding_input, load_model
-from ufm import ClassStats, stats_from_features
+from ufm import PRESETS, ClassStats, collapse_metrics, stats_from_features
 from ufm.nc4 import nc4_agreement
 
 from .conftest import save_tiny_model
@@ -47,22 +47,57 @@ def test_collected_stats_equal_hidden_states(family, tiny_models, tiny_corpus):
     assert len(loaded.unembedding._forward_pre_hooks) == 0  # the hook removed itself
 
 
-def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, tmp_path):
+def heldout_features(loaded, corpus, block_size):
+    """(hidden states, argmax predictions, true next tokens) of every labelled held-out position."""
+    feats, preds, labels = [], [], []
+    with torch.no_grad():
+        for block in token_blocks(corpus, loaded.tokenizer, block_size):
+            out = loaded.model(input_ids=torch.tensor([block]), output_hidden_states=True)
+            feats.append(out.hidden_states[-1][0, :-1])
+            preds.append(out.logits[0, :-1].argmax(-1))
+            labels.append(torch.tensor(block[1:]))
+    return torch.cat(feats), torch.cat(preds), torch.cat(labels)
+
+
+def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus), "--heldout",
                str(tiny_corpus / "doc0.txt"), "--out", str(out), "--block-size", "24", "--batch-size", "2",
-               "--preset", "lc2024", "--device", "cpu"])
+               "--preset", "lc2024", "--device", "cpu", "--min-count", "2"])
     assert rc == 0
+    printed = capsys.readouterr().out
+    assert "preset lc2024: CDNV power 4, global mean uniform, min_count 2, spread ddof 1" in printed
+    assert "whose next token is a kept class" in printed
     stats = ClassStats.load(out / "stats.safetensors")
     loaded = load_model(tiny_models["gpt2"])
     assert_same_stats(stats, reference_stats(loaded, Corpus.open(tiny_corpus), 24), rtol=1e-10)
     report = json.loads((out / "metrics.json").read_text())
-    assert report["metrics"]["options"]["cdnv_power"] == 4.0
+    options = report["metrics"]["options"]
+    assert options == dict(PRESETS["lc2024"], min_count=2, tile_size=None, riesz_s=None)
+    # metrics.json holds exactly the metrics of the saved statistics with the model's classifier.
+    want = collapse_metrics(stats, loaded.classifier(), **options).to_dict()
+    assert want["dual_cos_mean"] is not None
+    for key, value in want.items():
+        assert report["metrics"][key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
     assert report["tokens"] == int(stats.sample_counts.sum())
-    assert report["model"]["identity"] == loaded.identity and 0 <= report["nc4_agreement"] <= 1
+    # NC4 as Wu & Papyan count it: held-out positions whose true next token is a kept class.
+    h, pred, labels = heldout_features(loaded, Corpus.open(tiny_corpus / "doc0.txt"), 24)
+    kept = stats.sample_counts[labels] >= 2
+    assert 0 < int(kept.sum()) < len(labels)  # the choice matters on this text
+    assert report["nc4_positions"] == "kept" and report["nc4_tokens"] == int(kept.sum())
+    assert report["nc4_agreement"] == nc4_agreement(h, pred, stats, labels=labels, min_count=2)
+    assert report["model"]["identity"] == loaded.identity
     for name in ("dual_cos_hist.png", "norms_vs_frequency.png", "cdnv_sample.png"):
         assert (out / name).stat().st_size > 1000
     assert not list(out.glob("checkpoint*"))
+    # Without a preset every held-out position counts, and the defaults are stated.
+    assert main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus), "--heldout",
+                 str(tiny_corpus / "doc0.txt"), "--out", str(tmp_path / "plain"), "--block-size", "24",
+                 "--device", "cpu"]) == 0
+    assert "no preset (defaults; --preset lc2024" in capsys.readouterr().out
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert plain["nc4_positions"] == "all" and plain["nc4_tokens"] == len(labels)
+    assert plain["nc4_agreement"] == nc4_agreement(h, pred, stats)
 
 
 def test_nc4_pass_equals_direct_computation(tiny_models, tiny_corpus):

@@ -30,13 +30,15 @@ def naive_stats(h, y, k, w=None):
                 within_scatter=scatter / w.sum())
 
 
-def _pop_std(x):
+def _pop_std(x, ddof=0):
     x = np.asarray(x)
-    return np.sqrt(np.mean((x - x.mean()) ** 2))
+    return np.sqrt(np.sum((x - x.mean()) ** 2) / (len(x) - ddof))
 
 
 def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="uniform",
-                  min_count=1, riesz_s=None):
+                  min_count=1, riesz_s=None, spread_ddof=0):
+    """SCIENCE.md's definitions; spread_ddof=1 gives Wu & Papyan's code (torch.std's Bessel default
+    for the spreads over classes: norms, log norms, squared norms, NC3 cosines)."""
     s = naive_stats(h, y, k, w)
     kept = np.flatnonzero(s["sample_counts"] >= min_count)
     kk = len(kept)
@@ -62,8 +64,9 @@ def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="u
     gram = m @ m.T
     out.update(
         cdnv_mean=np.mean(cdnv), cdnv_std=_pop_std(cdnv),
-        norm_mean=norms.mean(), norm_cov=_pop_std(norms) / norms.mean(),
-        log_norm_cov=_pop_std(np.log(norms)) / abs(np.log(norms).mean()),
+        norm_mean=norms.mean(), norm_cov=_pop_std(norms, spread_ddof) / norms.mean(),
+        log_norm_cov=_pop_std(np.log(norms), spread_ddof) / abs(np.log(norms).mean()),
+        norm_sq_cov=_pop_std(norms**2, spread_ddof) / np.mean(norms**2),
         cos_mean=np.mean(cos), cos_std=_pop_std(cos),
         etf_error=np.linalg.norm(gram / np.linalg.norm(gram) - etf),
         gnc_log_mean=np.mean(logk), gnc_log_std=_pop_std(logk),
@@ -75,13 +78,18 @@ def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="u
         dual = np.array([wk[c] @ m[c] / (np.linalg.norm(wk[c]) * norms[c]) for c in range(kk)])
         a = wk @ m.T
         out.update(
-            dual_cos_mean=dual.mean(), dual_cos_std=_pop_std(dual),
-            unc_cov=_pop_std(dual) / abs(dual.mean()),
+            dual_cos_mean=dual.mean(), dual_cos_std=_pop_std(dual, spread_ddof),
+            unc_cov=_pop_std(dual, spread_ddof) / abs(dual.mean()),
             dual_error=np.linalg.norm(a / np.linalg.norm(a) - etf),
         )
     return out
 
 
-def naive_nc4(h, pred, means, kept):
-    d = ((np.asarray(h)[:, None, :] - np.asarray(means)[None, kept, :]) ** 2).sum(-1)
-    return float(np.mean(kept[d.argmin(1)] == np.asarray(pred)))
+def naive_nc4(h, pred, means, kept, labels=None):
+    """NC4 by brute force; with labels, only samples whose label is a kept class (LC's code)."""
+    h, pred = np.asarray(h), np.asarray(pred)
+    if labels is not None:
+        sel = np.isin(np.asarray(labels), kept)
+        h, pred = h[sel], pred[sel]
+    d = ((h[:, None, :] - np.asarray(means)[None, kept, :]) ** 2).sum(-1)
+    return float(np.mean(kept[d.argmin(1)] == pred))

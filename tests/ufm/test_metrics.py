@@ -22,7 +22,7 @@ def samples(k=40, d=16, n=800, seed=0, weighted=True):
 
 
 METRIC_KEYS = [
-    "nc1_trace_ratio", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "cos_mean",
+    "nc1_trace_ratio", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
     "cos_std", "etf_error", "gnc_log_mean", "gnc_log_std",
 ]
 DUAL_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
@@ -36,6 +36,8 @@ DUAL_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
         dict(center="weighted", riesz_s=1.5),
         dict(min_count=20, tile_size=7),
         dict(cdnv_power=3.0, tile_size=1),
+        dict(PRESETS["lc2024"]),
+        dict(spread_ddof=1, center="weighted", min_count=20),
     ],
 )
 @pytest.mark.parametrize("weighted", [False, True])
@@ -57,12 +59,31 @@ def test_options_and_presets_are_recorded():
     stats = stats_from_features(h, y, 40, w)
     lc = collapse_metrics(stats, W, **PRESETS["lc2024"])
     assert lc.options == {"cdnv_power": 4.0, "center": "uniform", "min_count": 1, "tile_size": None,
-                          "riesz_s": None}
-    assert MetricOptions.preset("lc2024") == MetricOptions(cdnv_power=4.0, center="uniform", min_count=1)
+                          "riesz_s": None, "spread_ddof": 1}
+    assert MetricOptions.preset("lc2024") == MetricOptions(cdnv_power=4.0, center="uniform", min_count=1,
+                                                          spread_ddof=1)
     assert lc.cdnv_mean != collapse_metrics(stats, W).cdnv_mean
     assert collapse_metrics(stats).dual_error is None
     with pytest.raises(ValueError, match="unknown metric preset 'nope'"):
         MetricOptions.preset("nope")
+
+
+def test_lc2024_spreads_are_bessel_corrected_and_pairs_are_not():
+    """Wu & Papyan's code: spreads over classes with ddof 1 (a factor sqrt(K/(K-1))), pairs ddof 0."""
+    h, y, w, W = samples()
+    stats = stats_from_features(h, y, 40, w)
+    base = collapse_metrics(stats, W, cdnv_power=4.0).to_dict()
+    lc = collapse_metrics(stats, W, **PRESETS["lc2024"]).to_dict()
+    factor = math.sqrt(40 / 39)
+    for key in ("norm_cov", "log_norm_cov", "norm_sq_cov", "dual_cos_std", "unc_cov"):
+        assert lc[key] == pytest.approx(base[key] * factor, rel=1e-12), key
+    for key in ("cdnv_mean", "cdnv_std", "cos_mean", "cos_std", "gnc_log_mean", "gnc_log_std", "etf_error",
+                "dual_error", "norm_mean", "dual_cos_mean", "nc1_trace_ratio"):
+        assert lc[key] == pytest.approx(base[key], rel=1e-12), key
+    # The squared-norm CoV is another number than the CoV of norms (their table reports it).
+    assert abs(lc["norm_sq_cov"] - lc["norm_cov"]) > 0.05 * lc["norm_cov"]
+    with pytest.raises(ValueError, match="spread_ddof must be 0 or 1"):
+        collapse_metrics(stats, spread_ddof=2)
 
 
 def _stats(h, y, w, k=40):

@@ -38,6 +38,23 @@ def test_nc4_uses_kept_classes_only(monkeypatch):
     assert got != nc4_agreement(h, pred, stats)
 
 
+def test_nc4_with_labels_counts_only_kept_true_classes():
+    """Wu & Papyan's NC4: held-out positions whose true next class was never kept are left out."""
+    stats, h, pred = setup()
+    labels = np.random.default_rng(7).integers(0, 30, 500)
+    min_count = int(np.sort(stats.sample_counts.numpy())[10]) + 1
+    kept = np.flatnonzero(stats.sample_counts.numpy() >= min_count)
+    got = nc4_agreement(h, pred, stats, labels=labels, min_count=min_count)
+    assert got == naive_nc4(h, pred, stats.means.numpy(), kept, labels)
+    assert got != nc4_agreement(h, pred, stats, min_count=min_count)  # the labels changed the count
+    acc = NC4Accumulator(stats, min_count=min_count).update(h, pred, labels)
+    assert acc.total == int(np.isin(labels, kept).sum()) < 500
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 30\)"):
+        acc.update(h, pred, labels + 30)
+    with pytest.raises(ValueError, match=r"labels must have shape \(500,\)"):
+        acc.update(h, pred, labels[:3])
+
+
 @given(cuts=st.lists(st.integers(0, 500), max_size=6))
 def test_streaming_split_equals_whole(cuts):
     stats, h, pred = setup(seed=1)
