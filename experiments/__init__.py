@@ -6,6 +6,7 @@ REGISTRY = {
     "seli": "experiments.seli",
     "subspace-collapse": "experiments.subspace_collapse",
     "regularization-path": "experiments.regularization_path",
+    "implicit-bias": "experiments.implicit_bias",
     "linguistic-collapse": "experiments.linguistic_collapse",
     "feature-collapse": "experiments.feature_collapse",
 }

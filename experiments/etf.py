@@ -1,9 +1,11 @@
 """(a) Balanced one-hot targets, d >= K-1: the UFM converges to a simplex ETF (NC1-NC3 vs steps).
 
 K = 10 classes, 5 contexts each, d = 16, weight decay 1e-3, the default optimizer (Adam, cosine
-schedule), 20,000 full-batch steps. Runtime: ~20 s on a 2-core CPU.
-Expected: NC1 trace ratio, CDNV, ETF error and dual error all fall below 1e-3 (they reach ~1e-12);
-the pairwise cosine of the class means goes to -1/(K-1) = -0.111 (Papyan, Han, Donoho 2020).
+schedule), 20,000 full-batch steps. Runtime: ~15 s on one thread (--quick: 2,000 steps, ~3 s).
+Expected: NC1 trace ratio, CDNV, ETF error and dual error all fall below 1e-3 and stay there (they
+reach ~1e-14 by step ~1,000 and do not come back up); the spread of the pairwise cosines goes to 0
+(their mean is -1/(K-1) = -0.111 for any centered means, so only the spread is evidence of an ETF;
+Papyan, Han, Donoho 2020).
 """
 
 from __future__ import annotations
@@ -45,16 +47,20 @@ def main(argv: list[str] | None = None) -> dict:
     axes[0].set_xlabel("step")
     axes[0].legend(fontsize=8)
     axes[0].set_title(f"Balanced one-hot, K={config.num_classes}, d={config.dim}")
-    axes[1].semilogx(steps, [r["cos_mean"] for r in rows], label="mean cos(m_c, m_c')")
-    axes[1].axhline(-1 / (config.num_classes - 1), color="k", ls="--", label="-1/(K-1)")
-    axes[1].semilogx(steps, [r["dual_cos_mean"] for r in rows], label="mean cos(w_c, m_c)")
+    # The mean pair cosine is -1/(K-1) for any centered means, at initialization too: it says
+    # nothing. The spread of the cosines and the distance of NC3's cosine to 1 do.
+    axes[1].loglog(steps, np.maximum([r["cos_std"] for r in rows], 1e-16), label="std of cos(m_c, m_c') (ETF: 0)")
+    axes[1].loglog(steps, np.maximum([1 - r["dual_cos_mean"] for r in rows], 1e-16),
+                   label="1 - mean cos(w_c, m_c) (NC3: 0)")
     axes[1].set_xlabel("step")
+    axes[1].set_title("equiangularity and self-duality")
     axes[1].legend(fontsize=8)
     run.figure(fig, "etf_convergence")
     final = result.history[-1]["metrics"]
     print("final: " + ", ".join(f"{k} {final[k]:.3g}" for k in
                                 ("nc1_trace_ratio", "cdnv_mean", "etf_error", "dual_error", "cos_mean")))
-    return run.finish(dict(final_metrics=final, history=result.history,
+    late = [r["etf_error"] for r, step in zip(rows, steps) if step >= 1000]
+    return run.finish(dict(final_metrics=final, history=result.history, max_etf_error_after_1000=max(late, default=None),
                            objective=result.history[-1]["objective"]))
 
 

@@ -214,3 +214,22 @@ def type_one_constants(task: FeatureTask, weight_decay: float) -> tuple[float, f
 
     t_star = minimize_scalar(F, bounds=(1e-9, 1e3), method="bounded", options=dict(xatol=1e-12)).x
     return math.sqrt(t_star) * (K * L / nw) ** 0.25, math.sqrt(t_star) * (nw / (K * L)) ** 0.25
+
+
+def type_two_rho(task: FeatureTask, weight_decay: float, dim: int) -> float:
+    """Predicted ||u_kl|| = rho* of type-II collapse (LayerNorm: phi(w) = sqrt(d) f_alpha for any mu):
+    rho* = argmin log(1 + sum_{s=1..L} c_s e^(-a s sqrt(d) rho)) + (lambda/2) K L rho^2, with
+    c_s = (K / n_c^L) C(L, s) (n_c - 1)^s the expected number of latents differing from a given one
+    in s positions, a = n_c/(n_c-1) (SCIENCE.md 4; Laurent, von Brecht, Bresson, ICLR 2024)."""
+    from scipy.optimize import minimize_scalar
+
+    check_positive_int(dim, "dim")
+    nc, L, K = task.num_concepts, task.length, task.num_latents
+    a, root_d = nc / (nc - 1), math.sqrt(dim)
+    c = np.array([K / nc**L * math.comb(L, s) * (nc - 1) ** s for s in range(1, L + 1)])  # (L,)
+    s = np.arange(1, L + 1)
+
+    def G(rho):
+        return math.log1p(float((c * np.exp(-a * s * root_d * rho)).sum())) + 0.5 * weight_decay * K * L * rho**2
+
+    return float(minimize_scalar(G, bounds=(0.0, 10.0), method="bounded", options=dict(xatol=1e-12)).x)

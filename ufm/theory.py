@@ -7,6 +7,7 @@ COLM 2024 (L_in, L_mm, S~, subspace collapse); Thrampoulidis et al., "Imbalance 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,42 +135,76 @@ def offdiag_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a[iu], b[iu])[0, 1])
 
 
-def in_support_difference_projector(W: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """P (d, d): projection onto the orthogonal complement of span{W^+ (e_z - e_z') : z, z' in S}.
+# Directions of W whose singular value is below this fraction of the largest are left out of the
+# subspace-collapse measure: W^+ would blow up solver noise (1e-8..1e-6 of the top) and optimizer
+# leftovers (~1e-3 of the top after Adam) into the largest terms of the ratio. Balanced factors of
+# L have singular values sqrt(sigma_i(L)), so this keeps every direction of L above 1e-4 of its top.
+SUBSPACE_RANK_RTOL = 1e-2
 
-    The in-support logit differences of same-support contexts carry their (different)
-    probabilities; what remains after P should collapse (Zhao et al. 2024, subspace collapse).
+
+@dataclass(frozen=True)
+class SubspaceCollapse:
+    ratio: float  # mean over same-support pairs of ||P(h_j - h_j')|| / ||P h_j|| (0: full collapse)
+    unprojected: float  # the same without P: ||h_j - h_j'|| / ||h_j||
+    rank: int  # directions of W kept (singular values above rank_rtol of the largest)
+    pairs: int  # same-support pairs averaged over
+
+
+def subspace_collapse(W: np.ndarray, H: np.ndarray, targets: NTPTargets, *,
+                      rank_rtol: float = SUBSPACE_RANK_RTOL) -> SubspaceCollapse:
+    """Subspace collapse of same-support contexts (Zhao et al., COLM 2024).
+
+    W (V, d) is truncated to its numerical rank r (singular values > rank_rtol * the largest) and the
+    features H (d, m) are read in W's r kept row directions (the only ones the logits see). For
+    each support S, P projects out span{W_r^+ (e_z - e_z') : z, z' in S}: the in-support logit
+    differences, which carry each context's own probabilities. What remains should coincide within
+    a group of contexts of the same support. NaN when W or H is zero, or no group has two contexts.
     """
-    return _projector(np.linalg.pinv(np.asarray(W, dtype=np.float64)), np.asarray(support))
-
-
-def _projector(pinv: np.ndarray, support: np.ndarray) -> np.ndarray:
-    """The projector above from W^+ (d, V), computed once per W."""
-    diffs = pinv[:, support[1:]] - pinv[:, support[:1]]  # (d, k-1)
-    d = pinv.shape[0]
-    if diffs.shape[1] == 0:
-        return np.eye(d)
-    u, s, _ = np.linalg.svd(diffs, full_matrices=False)
-    u = u[:, s > s.max() * 1e-10] if s.max() > 0 else u[:, :0]
-    return np.eye(d) - u @ u.T
-
-
-def subspace_collapse_ratio(W: np.ndarray, H: np.ndarray, targets: NTPTargets) -> float:
-    """Mean over same-support pairs (j, j') of ||P (h_j - h_j')|| / ||P h_j||, P as above.
-
-    0 is full subspace collapse. Groups of a single context have no pairs; NaN if none has.
-    """
-    pinv = np.linalg.pinv(np.asarray(W, dtype=np.float64))  # (d, V)
-    H = np.asarray(H, dtype=np.float64)
-    total, count = 0.0, 0
+    W, H = np.asarray(W, dtype=np.float64), np.asarray(H, dtype=np.float64)
+    u, s, vt = np.linalg.svd(W, full_matrices=False)
+    rank = int((s > rank_rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    coords = vt[:rank] @ H  # (r, m) features in W's kept row directions
+    pinv = u[:, :rank].T / s[:rank, None]  # (r, V) W_r^+ in those coordinates
+    ratios, raw = [], []
     for group in targets.support_groups():
         if len(group) < 2:
             continue
         sup = targets.tokens[targets.contexts == group[0]]
-        ph = (_projector(pinv, sup) @ H[:, group]).T  # (g, d)
-        dist = np.linalg.norm(ph[:, None, :] - ph[None, :, :], axis=-1)  # (g, g)
-        ratio = dist / np.linalg.norm(ph, axis=1)[:, None]  # row a: ||P(h_a - h_b)|| / ||P h_a||
-        upper = np.triu_indices(len(group), 1)
-        total += float(ratio[upper].sum())
-        count += len(upper[0])
-    return total / count if count else float("nan")
+        ph = (_complement_projector(pinv, sup) @ coords[:, group]).T  # (g, r)
+        a, b = np.triu_indices(len(group), 1)
+        ratios.append(_pair_ratios(ph, a, b))
+        raw.append(_pair_ratios(H[:, group].T, a, b))
+    if not ratios or rank == 0:
+        return SubspaceCollapse(math.nan, math.nan if not raw else _mean(raw), rank, sum(map(len, ratios)))
+    return SubspaceCollapse(_mean(ratios), _mean(raw), rank, sum(map(len, ratios)))
+
+
+def subspace_collapse_ratio(W: np.ndarray, H: np.ndarray, targets: NTPTargets, *,
+                            rank_rtol: float = SUBSPACE_RANK_RTOL) -> float:
+    """``subspace_collapse(...).ratio``: the measure alone."""
+    return subspace_collapse(W, H, targets, rank_rtol=rank_rtol).ratio
+
+
+def _pair_ratios(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """||x_a - x_b|| / ||x_a|| for the pairs (a, b); NaN where x_a is zero (nothing to compare)."""
+    num = np.linalg.norm(x[a] - x[b], axis=1)
+    den = np.linalg.norm(x[a], axis=1)
+    out = np.full(len(a), math.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def _mean(chunks: list[np.ndarray]) -> float:
+    values = np.concatenate(chunks)
+    return float(values.mean()) if values.size and not np.isnan(values).any() else math.nan
+
+
+def _complement_projector(pinv: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """I - Q Q^T, Q an orthonormal basis of span{pinv (e_z - e_z') : z, z' in support}."""
+    diffs = pinv[:, support[1:]] - pinv[:, support[:1]]  # (r, k-1)
+    r = pinv.shape[0]
+    if diffs.shape[1] == 0 or not np.any(diffs):
+        return np.eye(r)
+    q, sv, _ = np.linalg.svd(diffs, full_matrices=False)
+    q = q[:, sv > sv.max() * 1e-10]
+    return np.eye(r) - q @ q.T

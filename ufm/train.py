@@ -23,10 +23,14 @@ from .metrics import collapse_metrics
 from .model import CHUNK_ENTRIES, FreeFeatures, TargetTensors, layer_norm_columns, soft_label_ce
 from .stats import ClassStats, StatsAccumulator
 from .targets import NTPTargets
-from .theory import sparse_component_values, subspace_collapse_ratio
+from .theory import sparse_component_values, subspace_collapse
 
 Optimizer = Literal["gd", "ngd", "adam"]
-DEFAULT_LR = {"gd": 20.0, "ngd": 0.5, "adam": 0.05}
+# gd's default (None) is a backtracking line search: a fixed step that converges depends on the
+# curvature, which grows with ||W|| and ||H|| (lr 20 and 10 diverge on SCIENCE.md's V=8, m=10 example).
+DEFAULT_LR = {"gd": None, "ngd": 0.5, "adam": 0.05}
+_ARMIJO = 0.5  # sufficient decrease: f(x - t g) <= f(x) - _ARMIJO t ||g||^2
+_MAX_STEP = 1e4  # a line-search step never grows past this
 
 
 @dataclass(frozen=True)
@@ -34,8 +38,8 @@ class TrainConfig:
     dim: int  # d, the width of W's rows and H's columns
     weight_decay: float  # lambda in (lambda/2)(||W||^2 + ||H||^2)
     steps: int  # optimizer steps (full-batch or minibatch)
-    lr: float  # learning rate (ngd: the length of each step)
-    optimizer: str = "adam"  # gd | ngd (normalized GD) | adam
+    lr: float | None  # learning rate (ngd: the length of each step; gd None: backtracking line search)
+    optimizer: str = "adam"  # gd | ngd (normalized GD) | adam (AMSGrad variant)
     lr_schedule: str = "cosine"  # constant | cosine (decays to lr * 1e-3 at the last step)
     bias: bool = False  # a free bias b (V,) in the logits, not regularized
     layernorm: bool = False  # features LN(h_j); H is then not regularized
@@ -51,10 +55,12 @@ class TrainConfig:
         check_positive_int(self.steps, "steps", minimum=0)
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr}")
         if self.optimizer not in DEFAULT_LR:
             raise ValueError(f"optimizer must be one of {', '.join(DEFAULT_LR)}, got {self.optimizer!r}")
+        if self.lr is None and self.optimizer != "gd":
+            raise ValueError(f"lr None (a line search) is for optimizer 'gd' only, not {self.optimizer!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be positive, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.batch_size is not None:
@@ -155,12 +161,13 @@ def train_ufm(
     the objective, CE - H (H the entropy bound), ||W||_F, ||H||_F, ||P_F(L_t) - L_in||_F and, with
     ``l_mm`` (V, m), cos(P_Fperp L_t, L_mm) and the distance of L_t / ||L_t|| to L_mm / ||L_mm||;
     ``track_metrics`` adds the collapse metrics of ``class_stats()``, ``track_subspace`` the
-    same-support collapse ratio, and ``observe(W, F)`` (numpy (V, d) and (d, m)) whatever it returns. The defaults reach a simplex ETF on balanced one-hot targets.
+    same-support collapse ratio (``theory.subspace_collapse``: the ratio, the unprojected ratio and
+    the rank of W it used), and ``observe(W, F)`` (numpy (V, d) and (d, m)) whatever it returns. The defaults reach a simplex ETF on balanced one-hot targets.
     """
     if not isinstance(targets, NTPTargets):
         raise TypeError(f"targets must be NTPTargets, got {type(targets).__name__}")
     config = TrainConfig(
-        dim=dim, weight_decay=float(weight_decay), steps=steps, lr=float(lr if lr is not None else DEFAULT_LR.get(optimizer, 1.0)),
+        dim=dim, weight_decay=float(weight_decay), steps=steps, lr=_default_lr(lr, optimizer),
         optimizer=optimizer, lr_schedule=lr_schedule, bias=bias, layernorm=layernorm,
         word_layernorm=word_layernorm, init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed, chunk_entries=chunk_entries,
     )
@@ -191,6 +198,7 @@ def train_ufm(
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
     bar = tqdm(total=steps, disable=not progress, desc="ufm", unit="step")
+    line_step = 1.0  # the line search's last accepted step (gd with lr None)
     for step in range(steps + 1):
         if step in marks:
             history.append(monitor.record(step, model, config, track_metrics, track_subspace, observe))
@@ -199,12 +207,13 @@ def train_ufm(
         batch = None
         if batch_size is not None and batch_size < m:
             batch = torch.randperm(m, generator=batch_gen)[:batch_size].to(dev)
-        _step(opt, config, params, lambda: objective(batch), step)
+        line_step = _step(opt, config, params, lambda: objective(batch), step, line_step)
         bar.update(1)
     bar.close()
     if not math.isfinite(history[-1]["objective"]):
         raise FloatingPointError(
-            f"training diverged (objective {history[-1]['objective']}); lower lr={config.lr}"
+            f"training diverged (objective {history[-1]['objective']}); lower lr={config.lr} "
+            "(or, for gd, leave lr=None for a line search)"
         )
     return UFMResult(
         W=model.W.detach().cpu(), H=model.H.detach().cpu(),
@@ -213,9 +222,19 @@ def train_ufm(
     )
 
 
+def _default_lr(lr: float | None, optimizer: str) -> float | None:
+    if lr is not None:
+        return float(lr)
+    return DEFAULT_LR.get(optimizer, 1.0)
+
+
 def _make_optimizer(config: TrainConfig, params: list[torch.Tensor]):
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr)
+        # AMSGrad: Adam's second-moment estimate never shrinks, so once the gradients vanish its
+        # steps vanish too. Plain Adam renormalizes vanishing gradients to lr-sized steps and
+        # kicks a converged UFM away (the ETF error went from 6e-15 back to 2e-3 between steps 7k
+        # and 14k; ||P_F L - L_in|| from 0.0085 to 0.37 and back).
+        return torch.optim.Adam(params, lr=config.lr, amsgrad=True)
     return None  # gd and ngd are a line each, below
 
 
@@ -226,22 +245,43 @@ def _lr_at(config: TrainConfig, step: int) -> float:
     return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / (config.steps - 1))))
 
 
-def _step(opt, config: TrainConfig, params: list[torch.Tensor], closure_loss, step: int) -> None:
-    lr = _lr_at(config, step)
+def _step(opt, config: TrainConfig, params: list[torch.Tensor], closure_loss, step: int, line_step: float) -> float:
+    """One optimizer step; returns the line search's step (gd with lr None), else ``line_step``."""
     for p in params:
         p.grad = None
-    closure_loss().backward()
+    loss = closure_loss()
+    loss.backward()
+    if config.lr is None:
+        return _backtracking_step(params, closure_loss, float(loss.detach()), line_step)
+    lr = _lr_at(config, step)
     if opt is not None:
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
-        return
+        return line_step
     with torch.no_grad():
         if config.optimizer == "ngd":
             norm = torch.sqrt(sum(p.grad.square().sum() for p in params))
             lr = lr / max(float(norm), 1e-300)
         for p in params:
             p.sub_(lr * p.grad)
+    return line_step
+
+
+@torch.no_grad()
+def _backtracking_step(params: list[torch.Tensor], closure_loss, loss: float, last: float) -> float:
+    """Gradient descent with Armijo backtracking: try twice the last step, halve until
+    f(x - t g) <= f(x) - _ARMIJO t ||g||^2 (Nocedal & Wright, Algorithm 3.1)."""
+    g2 = float(sum(p.grad.square().sum() for p in params))
+    start = [p.detach().clone() for p in params]
+    t = min(2.0 * last, _MAX_STEP)
+    while True:
+        for p, x in zip(params, start):
+            torch.add(x, p.grad, alpha=-t, out=p)
+        trial = float(closure_loss())
+        if trial <= loss - _ARMIJO * t * g2 or t < 1e-12:
+            return t
+        t *= 0.5
 
 
 class _Monitor:
@@ -286,7 +326,9 @@ class _Monitor:
         if subspace or observe is not None:
             w_np, f_np = W.cpu().double().numpy(), F.cpu().double().numpy()
             if subspace:
-                row["subspace_ratio"] = subspace_collapse_ratio(w_np, f_np, self.targets)
+                sc = subspace_collapse(w_np, f_np, self.targets)
+                row.update(subspace_ratio=sc.ratio, subspace_ratio_unprojected=sc.unprojected,
+                           subspace_rank=sc.rank)
             if observe is not None:
                 row.update(observe(w_np, f_np))
         if metrics:

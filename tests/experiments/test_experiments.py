@@ -1,11 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 
 from lm_bridge.cli import main
 
 
-@pytest.mark.parametrize("name", ["etf", "seli", "subspace-collapse", "regularization-path"])
+@pytest.mark.parametrize("name", ["etf", "seli", "subspace-collapse", "regularization-path", "implicit-bias"])
 def test_experiment_quick_runs_write_results_and_figures(name, tmp_path):
     assert main(["experiment", name, "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -16,8 +17,46 @@ def test_experiment_quick_runs_write_results_and_figures(name, tmp_path):
 
 def test_quick_etf_reaches_the_simplex(tmp_path):
     main(["experiment", "etf", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    final = json.loads((tmp_path / "results.json").read_text())["final_metrics"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    final = results["final_metrics"]
     assert final["etf_error"] < 1e-6 and final["nc1_trace_ratio"] < 1e-6
+    assert results["max_etf_error_after_1000"] < 1e-6 and final["cos_std"] < 1e-6
+
+
+def test_quick_implicit_bias_shows_what_its_docstring_promises(tmp_path):
+    main(["experiment", "implicit-bias", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "results.json").read_text())
+    # ||L_t||_* grows by ~||L_mm||_* per unit ln t, approached from above as t grows.
+    assert r["lmm_nuclear"] < r["nuclear_slope"] < 1.5 * r["lmm_nuclear"]
+    slopes = [d["slope"] for d in r["decade_slopes"]]
+    assert all(a > b for a, b in zip(slopes, slopes[1:])) and slopes[-1] == pytest.approx(r["nuclear_slope"])
+    cos, pf, steps = np.array(r["cos_mm"]), np.array(r["pf_dist"]), np.array(r["steps"])
+    assert np.all(np.diff(cos[steps >= 100]) > 0) and cos[-1] > 0.85  # rises slowly toward 1 (after a transient)
+    assert pf[-1] < 1e-3 * pf[0]  # P_F L_t -> L_in
+    late = np.array(r["t_times_gap"])[steps >= steps[-1] / 10]
+    assert late.max() < 2 * late.min()  # CE - H ~ c / t
+    drift = np.array(r["balance_drift"]) / np.array(r["w_norm"]) ** 2
+    assert drift[-1] < 1e-3  # W^T W - H H^T conserved up to the discretization
+
+
+def test_quick_seli_reproduces_minority_collapse(tmp_path):
+    main(["experiment", "seli", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "results.json").read_text())
+    ref, sat = r["minority_collapse"], r["minority_collapse_saturating"]
+    assert ref["ratios"] == [1, 10, 100] and ref["weight_decay"] == 1e-4
+    np.testing.assert_allclose(ref["minority_cos"], [-0.111, 0.026, 0.317], atol=0.05)  # SCIENCE.md 5
+    assert max(ref["majority_cos"]) < 0
+    assert sat["minority_cos"][-1] > 0.999  # lambda 5e-3: the minority classifiers collapse at R = 100
+    assert r["seli_gram_cosine"]["words"] > 0.98 and r["seli_gram_cosine"]["contexts"] > 0.99
+
+
+def test_quick_subspace_collapse_reports_the_convex_target(tmp_path):
+    main(["experiment", "subspace-collapse", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    assert summary["subspace_ratio_convex_optimum"] == pytest.approx(0.0344, abs=1e-3)  # lambda 1e-5
+    assert summary["subspace_ratio_final"] < 0.5 * summary["subspace_ratio_first"]
+    assert summary["subspace_ratio_final"] < summary["subspace_ratio_unprojected"]
+    assert summary["corr_h_vs_lmm"] > 0.9
 
 
 def test_simulate_and_metrics_commands(tmp_path, capsys):

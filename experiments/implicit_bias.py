@@ -1,0 +1,98 @@
+"""(e) The implicit bias of gradient descent without regularization (Zhao et al., COLM 2024).
+
+SCIENCE.md's example (V = 8 tokens, m = 10 contexts, supports of 1-3 tokens, Zipfian probabilities),
+the factorized UFM with d = V, weight decay 0, a small initialization (std 0.01) and plain gradient
+descent with a constant step (lr 1), so that t counts steps of a fixed size. Runtime (one thread):
+quick (10^4 steps) ~10 s, full (10^5 steps) ~1.5 min.
+Expected: ||L_t||_* grows like ||L_mm||_* ln t: the slope per unit ln t, fit over the last decade of
+steps, comes down toward ||L_mm||_* from above as t grows (the o(log t) terms fade slowly);
+cos(P_Fperp L_t, L_mm) rises slowly toward 1; ||P_F L_t - L_in|| -> 0; CE - H ~ c / t (t (CE - H)
+roughly constant); W^T W - H H^T is conserved by gradient flow, so its drift from initialization
+stays small next to ||W||^2 (only the discretization moves it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from experiments._common import Run, parse_args
+from ufm.convex import ntp_svm
+from ufm.targets import random_supports
+from ufm.train import train_ufm
+
+
+@dataclass(frozen=True)
+class Config:
+    num_contexts: int = 10  # m
+    vocab_size: int = 8  # V (and d)
+    support_size: tuple[int, int] = (1, 3)
+    steps: int = 100_000
+    lr: float = 1.0  # constant GD step
+    init_scale: float = 0.01
+    snapshots: int = 60
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args("implicit-bias", __doc__, argv)
+    config = Config(steps=10_000, snapshots=40) if args.quick else Config()
+    run = Run("implicit-bias", args, config)
+    targets = random_supports(config.num_contexts, config.vocab_size, config.support_size, probs="zipf",
+                              seed=args.seed + 1)
+    l_mm = ntp_svm(targets.support())
+    mm_nuc = float(np.linalg.norm(l_mm, "nuc"))
+    start: dict[str, np.ndarray] = {}
+
+    def observe(W: np.ndarray, H: np.ndarray) -> dict:
+        imbalance = W.T @ W - H @ H.T  # (d, d) conserved by gradient flow
+        start.setdefault("imbalance", imbalance)
+        return dict(nuclear=float(np.linalg.norm(W @ H, "nuc")),
+                    balance_drift=float(np.linalg.norm(imbalance - start["imbalance"])))
+
+    result = train_ufm(targets, config.vocab_size, weight_decay=0.0, steps=config.steps, lr=config.lr,
+                       optimizer="gd", lr_schedule="constant", init_scale=config.init_scale, device=args.device,
+                       seed=args.seed, snapshots=config.snapshots, l_mm=l_mm, observe=observe, progress=True)
+    t = result.steps()[1:].astype(np.float64)
+    series = {k: result.series(k)[1:] for k in ("nuclear", "cos_mm", "pf_dist", "ce_minus_entropy",
+                                                  "balance_drift", "w_norm")}
+    last = t >= t[-1] / 10  # the last decade of steps
+    slope = float(np.polyfit(np.log(t[last]), series["nuclear"][last], 1)[0])
+    # The slope over each decade of t: it falls toward ||L_mm||_* from above.
+    decades = []
+    for lo in 10.0 ** np.arange(1, int(np.log10(t[-1]))):
+        sel = (t >= lo) & (t <= 10 * lo)
+        if sel.sum() >= 3:
+            decades.append(dict(start=lo, slope=float(np.polyfit(np.log(t[sel]), series["nuclear"][sel], 1)[0])))
+    t_gap = t * series["ce_minus_entropy"]
+
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    axes[0].semilogx(t, series["nuclear"], label="||L_t||_*")
+    axes[0].semilogx(t, series["nuclear"][-1] + mm_nuc * np.log(t / t[-1]), "k--",
+                     label=f"slope ||L_mm||_* = {mm_nuc:.3f} per ln t")
+    axes[0].set_title(f"nuclear norm (last-decade slope {slope:.3f})")
+    axes[1].semilogx(t, series["cos_mm"], label="cos(P_Fperp L_t, L_mm)")
+    axes[1].semilogx(t, series["pf_dist"] / series["pf_dist"][0], label="||P_F L_t - L_in|| (relative to t=1)")
+    axes[1].set_title("direction and finite part")
+    axes[2].loglog(t, series["ce_minus_entropy"], label="CE - H")
+    axes[2].loglog(t, t_gap[-1] / t, "k--", label="c / t")
+    axes[2].set_title("excess loss")
+    axes[3].semilogx(t, series["balance_drift"] / series["w_norm"] ** 2, label="||D_t - D_0|| / ||W_t||^2")
+    axes[3].set_title("W^T W - H H^T drift (discretization only)")
+    for ax in axes:
+        ax.set_xlabel("GD step t")
+        ax.legend(fontsize=8)
+    run.figure(fig, "implicit_bias")
+    print(f"||L_t||_* slope per unit ln t over the last decade: {slope:.4f} (||L_mm||_* = {mm_nuc:.4f}); "
+          + ", ".join(f"from t={d['start']:.0e}: {d['slope']:.3f}" for d in decades))
+    print(f"final: cos_mm {series['cos_mm'][-1]:.4f}, pf_dist {series['pf_dist'][-1]:.3g}, "
+          f"t (CE - H) over the last decade {t_gap[last].min():.3f}..{t_gap[last].max():.3f}, "
+          f"relative balance drift {series['balance_drift'][-1] / series['w_norm'][-1] ** 2:.2e}")
+    return run.finish(dict(nuclear_slope=slope, lmm_nuclear=mm_nuc, decade_slopes=decades,
+                           steps=t.tolist(), **{k: v.tolist() for k, v in series.items()},
+                           t_times_gap=t_gap.tolist(), entropy=targets.entropy))
+
+
+if __name__ == "__main__":
+    main()
