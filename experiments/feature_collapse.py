@@ -8,7 +8,7 @@ LayerNorm when used), the angle between concept means, and the embedding norm ag
 Part 2, next-token prediction: a bigram language of 8 groups x 4 synonyms (Zipfian within a group);
 the NTP-UFM trained with and without LayerNorm on H and on the rows of W; do synonyms' word
 embeddings collapse? L_mm (cvxpy) predicts identical rows for interchangeable words.
-Runtime: ~2 min on a 2-core CPU.
+Runtime: ~70 s on one thread.
 Expected (paper): uniform -> collapse and ~100% test accuracy with or without LayerNorm; Zipf
 without LayerNorm -> rare and frequent words of a concept do not collapse (norms follow frequency)
 and test accuracy suffers; Zipf with LayerNorm -> collapse and ~100% again.

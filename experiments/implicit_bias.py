@@ -3,7 +3,7 @@
 SCIENCE.md's example (V = 8 tokens, m = 10 contexts, supports of 1-3 tokens, Zipfian probabilities),
 the factorized UFM with d = V, weight decay 0, a small initialization (std 0.01) and plain gradient
 descent with a constant step (lr 1), so that t counts steps of a fixed size. Runtime (one thread):
-quick (10^4 steps) ~10 s, full (10^5 steps) ~1.5 min.
+quick (10^4 steps) ~5 s, full (10^5 steps) ~30 s.
 Expected: ||L_t||_* grows like ||L_mm||_* ln t: the slope per unit ln t, fit over the last decade of
 steps, comes down toward ||L_mm||_* from above as t grows (the o(log t) terms fade slowly);
 cos(P_Fperp L_t, L_mm) rises slowly toward 1; ||P_F L_t - L_in|| -> 0; CE - H ~ c / t (t (CE - H)

@@ -5,7 +5,7 @@ weight decay 1e-4; the cosine between the trained W W^T, H^T H and the SELI Gram
 Part 2 (minority collapse, Fang et al. 2021): K_A = K_B = 5 classes, n_B = 1, imbalance ratio
 R = n_A/n_B in {1, 10, 100, 1000}: mean pairwise cosine of the minority classifiers at weight decay
 1e-4 (the reference curve), and at 5e-3, where they saturate.
-Runtime (one thread): ~2 min; --quick ~20 s.
+Runtime (one thread): ~1.5 min; --quick ~20 s.
 Expected: Gram cosines above 0.99 at the end; at lambda = 1e-4 the minority cosine rises with R as
 SCIENCE.md's reference -0.111, 0.026, 0.317, 0.727 (within 0.05) while the majority classifiers'
 cosines stay negative; at lambda = 5e-3 the minority classifiers collapse (cosine 1.000) from R = 100.

@@ -180,51 +180,49 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from .collect import NC4_POSITIONS, CollectConfig, collect_nc4, collect_stats
-    from .corpus import Corpus
-    from .models import load_model
-    from .report import measure_figures
+    from .collect import NC4_POSITIONS, CollectConfig
+    from .data import open_corpus
+    from .measure import MeasureOptions, expand_checkpoints, measure_folder, measure_series, parse_layers
+    from .models import ModelLoadError, load_model
 
+    paths = expand_checkpoints(args.model)
+    for path in paths:  # every input is checked before any pass
+        if not (path / "config.json").is_file() and path.is_dir():
+            subs = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
+            hint = f"; it holds the model folders {', '.join(subs)} (e.g. {path / subs[-1]})" if subs else ""
+            raise ModelLoadError(f"{path} is not a model directory (no config.json){hint}")
+    heldout = open_corpus(args.heldout, errors=args.errors) if args.heldout is not None else None
+    corpus = open_corpus(args.corpus, errors=args.errors)
     rank, world, device = _init_distributed(args.device)
-    loaded = load_model(args.model, device=resolve_device(device))
-    corpus = Corpus.open(args.corpus)
-    config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                           checkpoint_every=args.checkpoint_every)
-    checkpoint = args.out / "checkpoint.safetensors"
-    result = collect_stats(loaded, corpus, config, checkpoint=checkpoint)
     options = metric_options(args)
     positions = args.nc4_positions or NC4_POSITIONS.get(args.preset, "all")
-    nc4 = None
-    if args.heldout is not None:
-        nc4 = collect_nc4(loaded, Corpus.open(args.heldout), result.stats, config,
-                          min_count=options["min_count"], positions=positions)
-    if rank != 0:
-        return 0
-    classifier = loaded.classifier()
-    metrics = ufm.collapse_metrics(result.stats, classifier, **options)
-    result.stats.save(args.out / "stats.safetensors")
-    figures = measure_figures(result.stats, classifier, args.out, cdnv_power=metrics.options["cdnv_power"],
-                              center=metrics.options["center"], min_count=metrics.options["min_count"])
-    write_json(args.out / "metrics.json", dict(
-        metrics=metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.agreement,
-        nc4_tokens=None if nc4 is None else nc4.tokens, nc4_positions=None if nc4 is None else nc4.positions,
-        preset=args.preset,
-        model=dict(path=str(args.model), identity=loaded.identity, vocab_size=loaded.vocab_size,
-                   hidden_size=loaded.hidden_size),
-        corpus=dict(path=str(args.corpus), identity=result.stats.metadata["corpus_identity"],
-                    heldout=None if args.heldout is None else str(args.heldout)),
-        tokens=result.tokens, blocks=result.blocks, collect=result.stats.metadata, world_size=world,
-        seconds=result.seconds, figures=figures,
-    ))
-    for f in args.out.glob("checkpoint.safetensors*"):  # done: a rerun must not resume a finished run
-        f.unlink()
+    mopts = MeasureOptions(options, args.preset, positions, args.overwrite)
     print(describe_options(args.preset, options))
-    print(format_table([(args.model.name, metrics.to_dict())]))
-    if nc4 is not None:
-        which = "whose next token is a kept class" if nc4.positions == "kept" else "all labelled positions"
-        print(f"NC4 agreement on held-out text: {nc4.agreement:.4f} ({nc4.tokens} tokens, {which})")
-    print(f"{result.tokens} tokens in {result.seconds:.1f} s; wrote {args.out}/stats.safetensors, metrics.json, "
-          + ", ".join(figures))
+    if len(paths) > 1:
+        first = load_model(paths[0], device=resolve_device(device))
+        config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                               checkpoint_every=args.checkpoint_every, layers=parse_layers(args.layers, first))
+        rows = measure_series(paths, corpus, args.out, config, mopts, heldout=heldout, device=resolve_device(device))
+        if rank == 0:
+            print(format_table([(f"{r['name']} (step {r['step']})", r) for r in rows]))
+            print(f"wrote {args.out}/series.csv ({len(rows)} checkpoints) and metrics_vs_step.png")
+        return 0
+    loaded = load_model(paths[0], device=resolve_device(device))
+    config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                           checkpoint_every=args.checkpoint_every, layers=parse_layers(args.layers, loaded))
+    summary = measure_folder(loaded, corpus, args.out, config, mopts, heldout=heldout)
+    if summary is None:
+        return 0
+    print(f"model {loaded.path} (identity {loaded.identity}, hashed in {loaded.identity_seconds:.2f} s); "
+          f"statistics state {summary['state_gib']:.3f} GiB")
+    print(format_table([(loaded.path.name, summary["metrics"]),
+                        *((f"  hidden state {i}", v["metrics"]) for i, v in summary["layers"].items())]))
+    if summary["nc4_agreement"] is not None:
+        which = "whose next token is a kept class" if positions == "kept" else "all labelled positions"
+        print(f"NC4 agreement on held-out text: {summary['nc4_agreement']:.4f} ({summary['nc4_tokens']} tokens, "
+              f"{which}); held-out loss {summary['val_loss']:.4f} nats")
+    print(f"{summary['tokens']} tokens in {summary['seconds']:.1f} s; wrote {args.out}/stats.safetensors, metrics.json, "
+          + ", ".join(summary["figures"]))
     return 0
 
 
@@ -343,14 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiment, seed=0)
 
     measure = sub.add_parser("measure", help="collapse statistics of a causal LM on a corpus, in one pass")
-    measure.add_argument("--model", type=Path, required=True, help="a Hugging Face model directory (local)")
-    measure.add_argument("--corpus", type=Path, required=True, help="a text file, a folder of them, or a saved dataset")
-    measure.add_argument("--heldout", type=Path, default=None, help="held-out text for NC4")
-    measure.add_argument("--block-size", type=int, default=512)
+    measure.add_argument("--model", type=Path, nargs="+", required=True,
+                         help="a Hugging Face model directory (local); several, or a folder of checkpoints, "
+                              "for a series (series.csv, ordered by step)")
+    measure.add_argument("--corpus", required=True,
+                         help="a corpus name (collapse data list), a text file, a folder of them, or a saved dataset")
+    measure.add_argument("--heldout", default=None, help="held-out text (name or path) for NC4 and the validation loss")
+    measure.add_argument("--layers", default=None,
+                         help="also every hidden state ('all') or some ('0,3,6'; 0 = embeddings), in the same pass")
+    measure.add_argument("--block-size", type=int, default=None, help="tokens per block (default: the model's maximum)")
     measure.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
     measure.add_argument("--max-tokens", type=int, default=None, help="stop after this many corpus tokens")
     measure.add_argument("--checkpoint-every", type=int, default=1000, help="blocks between checkpoints (0: none)")
     add_metric_flags(measure)
+    measure.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                         help="bytes that are not UTF-8: an error (default), or read as U+FFFD")
+    measure.add_argument("--overwrite", action="store_true", help="replace a finished run of another model in --out")
     measure.add_argument("--nc4-positions", choices=["all", "kept"], default=None,
                          help="held-out positions NC4 counts: all, or those whose next token is a kept class "
                               "(default: kept with --preset lc2024, else all)")

@@ -11,9 +11,10 @@ the ranks' accumulators are merged in rank order (the same Chan merge as batches
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ufm import PRESETS, ClassStats, CollapseMetrics, NC4Accumulator, StatsAccumulator, collapse_metrics
-from ufm.stats import StatsFileError
+from ufm.stats import StatsFileError, load_accumulators, save_accumulators
 
 from .corpus import Corpus, token_blocks
 from .models import LoadedModel, capture_unembedding_input
@@ -32,24 +33,42 @@ NC4_POSITIONS = {"lc2024": "kept", "papyan2020": "all"}
 
 
 class CollectError(ValueError):
-    """Bad hidden states, or a checkpoint that belongs to another run."""
+    """Bad hidden states or settings, a request that cannot fit, or a checkpoint of another run."""
+
+
+FINAL = "final"  # name of the unembedding-input accumulator in checkpoints
+MEMORY_FRACTION = 0.5  # the statistics state may use at most this share of the free memory
 
 
 @dataclass(frozen=True)
 class CollectConfig:
-    block_size: int = 512  # tokens per block
+    block_size: int | None = None  # tokens per block; None: the model's maximum positions
     batch_size: int = 8  # blocks per forward pass
     max_tokens: int | None = None  # stop after this many corpus tokens
     checkpoint_every: int = 0  # blocks between checkpoints (0: none)
+    layers: tuple[int, ...] = ()  # also these entries of output_hidden_states (0 = embeddings)
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None and not (isinstance(self.block_size, int) and self.block_size >= 2):
+            raise CollectError(f"block size must be an integer >= 2, got {self.block_size!r}")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise CollectError(f"batch size must be a positive integer, got {self.batch_size!r}")
+        if self.max_tokens is not None and not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
+            raise CollectError(f"max tokens must be a positive integer, got {self.max_tokens!r}")
+        if not (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0):
+            raise CollectError(f"checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+        if any(not isinstance(i, int) or i < 0 for i in self.layers) or len(set(self.layers)) != len(self.layers):
+            raise CollectError(f"layers must be distinct integers >= 0, got {self.layers!r}")
 
 
 @dataclass
 class CollectResult:
-    stats: ClassStats
+    stats: ClassStats  # of the unembedding's input
     tokens: int  # labelled positions accumulated (all ranks)
     blocks: int  # blocks processed (all ranks)
     resumed_blocks: int  # blocks this rank skipped thanks to a checkpoint
     seconds: float
+    layers: dict[int, ClassStats] = field(default_factory=dict)  # output_hidden_states index -> stats
 
 
 def _rank_world() -> tuple[int, int]:
@@ -75,104 +94,165 @@ def labelled_positions(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor
     return t[None, :] < (lengths.to(ids.device)[:, None] - 1)
 
 
-def forward_features(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, store: dict):
-    """Run the model; return (logits (B, T, V), hidden (B, T, D)) for a right-padded batch."""
+def forward_features(loaded: LoadedModel, ids: torch.Tensor, lengths: torch.Tensor, store: dict,
+                     hidden_states: bool = False):
+    """Run the model on a right-padded batch; return (logits (B, T, V), unembedding input (B, T, D),
+    the output_hidden_states tuple or None)."""
     dev = loaded.device
     ids = ids.to(dev)
     mask = (torch.arange(ids.shape[1], device=dev)[None, :] < lengths.to(dev)[:, None]).long()
-    out = loaded.model(input_ids=ids, attention_mask=mask)
-    return out.logits, store["hidden"]
+    out = loaded.model(input_ids=ids, attention_mask=mask, output_hidden_states=hidden_states)
+    return out.logits, store["hidden"], out.hidden_states if hidden_states else None
 
 
-def _rank_blocks(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, rank: int, world: int):
+def resolve_block_size(loaded: LoadedModel, config: CollectConfig) -> int:
+    """The configured block size, or the model's maximum positions; more than that is refused."""
+    limit = loaded.max_positions
+    if config.block_size is None:
+        if limit is None:
+            raise CollectError(f"{loaded.path}: the model states no maximum positions; give a block size")
+        return limit
+    if limit is not None and config.block_size > limit:
+        raise CollectError(f"block size {config.block_size} exceeds the {limit} positions of {loaded.path}; "
+                           f"use a block size of at most {limit} (the default)")
+    return config.block_size
+
+
+def resolve_layers(loaded: LoadedModel, layers: tuple[int, ...]) -> tuple[int, ...]:
+    """Validated output_hidden_states indices: 0 (embeddings) to the number of blocks (final)."""
+    last = loaded.num_hidden_states - 1
+    bad = [i for i in layers if i > last]
+    if bad:
+        raise CollectError(f"layer(s) {bad} do not exist: {loaded.path} has hidden states 0..{last} "
+                           "(0 = embeddings, last = the final hidden state)")
+    return tuple(sorted(layers))
+
+
+def state_bytes(num_classes: int, dim: int) -> int:
+    """Bytes of one accumulator's state: means (K, D), weights, counts and M2 (K,), scatter (D, D)."""
+    return 8 * (num_classes * dim + 3 * num_classes + dim * dim)
+
+
+def free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_memory(loaded: LoadedModel, num_states: int) -> int:
+    """Refuse, before the pass, statistics that cannot fit; return their size in bytes."""
+    need = num_states * state_bytes(loaded.vocab_size, loaded.hidden_size)
+    have = free_memory(loaded.device)
+    if need > MEMORY_FRACTION * have:
+        raise CollectError(
+            f"{num_states} statistics states of K={loaded.vocab_size} x D={loaded.hidden_size} float64 need "
+            f"{need / 2**30:.2f} GiB, more than {MEMORY_FRACTION:.0%} of the {have / 2**30:.2f} GiB free on "
+            f"{loaded.device}; ask for fewer --layers"
+        )
+    return need
+
+
+def _rank_blocks(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, block_size: int, rank: int, world: int):
     """This rank's share of the corpus blocks: block i goes to rank i % world."""
-    blocks = token_blocks(corpus, loaded.tokenizer, config.block_size, max_tokens=config.max_tokens)
+    blocks = token_blocks(corpus, loaded.tokenizer, block_size, max_tokens=config.max_tokens)
     return (b for i, b in enumerate(blocks) if i % world == rank)
 
 
-def _load_checkpoint(path: Path, identity: dict, dev) -> tuple[StatsAccumulator, int, int] | None:
+def _names(layers: tuple[int, ...]) -> list[str]:
+    return [FINAL, *(f"layer_{i:02d}" for i in layers)]
+
+
+def _load_checkpoint(path: Path, identity: dict, dev, names: list[str]):
     if not path.exists():
         return None
     try:
-        saved = ClassStats.load(path, device=dev)
+        accs, meta = load_accumulators(path, device=dev)
     except StatsFileError as err:
         raise CollectError(f"checkpoint {path} cannot be read ({err}); delete it to start over") from err
-    if saved.metadata.get("identity") != identity:
+    if meta.get("identity") != identity or sorted(accs) != sorted(names):
         raise CollectError(
-            f"checkpoint {path} belongs to another run (model, corpus or settings differ: "
-            f"{saved.metadata.get('identity')} vs {identity}); delete it or choose another output"
+            f"checkpoint {path} belongs to another run (model, tokenizer, corpus or settings differ: "
+            f"{meta.get('identity')} vs {identity}); delete it or choose another output"
         )
-    return StatsAccumulator.from_stats(saved), saved.metadata["blocks_done"], saved.metadata["tokens"]
+    return accs, meta["blocks_done"], meta["tokens"]
 
 
 def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = CollectConfig(), *,
                   checkpoint: str | Path | None = None, progress: bool = True) -> CollectResult:
-    """ClassStats of (last hidden state, next token) over every labelled position of the corpus."""
+    """ClassStats of (hidden state, next token) over every labelled position of the corpus: of the
+    unembedding's input, and of each hidden state in ``config.layers``, from the same forward pass."""
     rank, world = _rank_world()
     dev = loaded.device
-    acc = StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=dev)
+    block_size = resolve_block_size(loaded, config)
+    layers = resolve_layers(loaded, config.layers)
+    names = _names(layers)
+    check_memory(loaded, len(names))
+    accs = {n: StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=dev) for n in names}
     blocks_done = tokens = resumed = 0
-    corpus_id = corpus.identity()  # hashes every file: once per run
-    ckpt = None
+    corpus_id = corpus.identity()  # hashes (and checks) every file: once per run
+    ckpt = identity = None
     if checkpoint is not None:
         ckpt = Path(checkpoint) if world == 1 else Path(f"{checkpoint}.rank{rank}")
-        identity = dict(model=loaded.identity, corpus=corpus_id, block_size=config.block_size,
-                        max_tokens=config.max_tokens, rank=rank, world=world)
-        found = _load_checkpoint(ckpt, identity, dev)
+        identity = dict(model=loaded.identity, corpus=corpus_id, block_size=block_size,
+                        max_tokens=config.max_tokens, layers=list(layers), rank=rank, world=world)
+        found = _load_checkpoint(ckpt, identity, dev, names)
         if found is not None:
-            acc, blocks_done, tokens = found
+            accs, blocks_done, tokens = found
             resumed = blocks_done
     # A resumed run skips what it already has.
-    mine = itertools.islice(_rank_blocks(loaded, corpus, config, rank, world), blocks_done, None)
+    mine = itertools.islice(_rank_blocks(loaded, corpus, config, block_size, rank, world), blocks_done, None)
     start = time.perf_counter()
     bar = tqdm(desc=f"collect (rank {rank})" if world > 1 else "collect", unit="tok", unit_scale=True,
                disable=not progress or rank != 0)
     since_ckpt = 0
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
         for n_batch, (ids, lengths) in enumerate(batches(mine, config.batch_size)):
-            _, hidden = forward_features(loaded, ids, lengths, store)
+            _, hidden, states = forward_features(loaded, ids, lengths, store, hidden_states=bool(layers))
             keep = labelled_positions(ids, lengths)  # (B, T-1), built on the CPU: no device sync
             n_tokens = int(keep.sum())
             keep = keep.to(dev, non_blocking=True)
-            try:
-                acc.update(hidden[:, :-1][keep], ids[:, 1:].to(dev, non_blocking=True)[keep])
-            except ValueError as err:  # the accumulator is unchanged: nothing half-done to undo
-                raise CollectError(
-                    f"NaN or Inf hidden states in batch {n_batch} (blocks {blocks_done}.."
-                    f"{blocks_done + len(lengths) - 1} of this rank): {err}"
-                ) from err
+            labels = ids[:, 1:].to(dev, non_blocking=True)[keep]
+            features = {FINAL: hidden, **{f"layer_{i:02d}": states[i] for i in layers}}
+            for name, h in features.items():
+                try:
+                    accs[name].update(h[:, :-1][keep], labels)
+                except ValueError as err:  # the run stops here; the checkpoint on disk is untouched
+                    raise CollectError(
+                        f"NaN or Inf hidden states in batch {n_batch} ({name}, blocks {blocks_done}.."
+                        f"{blocks_done + len(lengths) - 1} of this rank): {err}"
+                    ) from err
             blocks_done += len(lengths)
             tokens += n_tokens
             since_ckpt += len(lengths)
             bar.update(n_tokens)
             if ckpt is not None and config.checkpoint_every and since_ckpt >= config.checkpoint_every:
-                _save_checkpoint(acc, ckpt, identity, blocks_done, tokens)
+                save_accumulators(ckpt, accs, dict(identity=identity, blocks_done=blocks_done, tokens=tokens))
                 since_ckpt = 0
     bar.close()
     if ckpt is not None and tokens:
-        _save_checkpoint(acc, ckpt, identity, blocks_done, tokens)
+        save_accumulators(ckpt, accs, dict(identity=identity, blocks_done=blocks_done, tokens=tokens))
     if world > 1:
-        acc, blocks_done, tokens = _merge_ranks(acc, blocks_done, tokens, loaded)
+        accs, blocks_done, tokens = _merge_ranks(accs, blocks_done, tokens, loaded)
     if tokens == 0:
         raise CollectError("no labelled positions were collected (is the corpus empty?)")
     meta = dict(model=str(loaded.path), model_identity=loaded.identity, corpus=str(corpus.root),
-                corpus_identity=corpus_id, tokens=tokens, blocks=blocks_done, **asdict(config))
-    return CollectResult(acc.compute(metadata=meta), tokens, blocks_done, resumed, time.perf_counter() - start)
+                corpus_identity=corpus_id, tokens=tokens, blocks=blocks_done, **asdict(config),
+                resolved_block_size=block_size)
+    stats = {n: acc.compute(metadata=dict(meta, layer=n)) for n, acc in accs.items()}
+    return CollectResult(stats[FINAL], tokens, blocks_done, resumed, time.perf_counter() - start,
+                         {i: stats[f"layer_{i:02d}"] for i in layers})
 
 
-def _save_checkpoint(acc: StatsAccumulator, path: Path, identity: dict, blocks_done: int, tokens: int) -> None:
-    acc.compute(metadata=dict(identity=identity, blocks_done=blocks_done, tokens=tokens)).save(path)
-
-
-def _merge_ranks(acc: StatsAccumulator, blocks: int, tokens: int, loaded: LoadedModel):
-    """Gather every rank's state and merge in rank order on each rank: all ranks end equal."""
-    state = acc.compute().to("cpu") if tokens else None
+def _merge_ranks(accs: dict[str, StatsAccumulator], blocks: int, tokens: int, loaded: LoadedModel):
+    """Gather every rank's states and merge in rank order on each rank: all ranks end equal."""
+    states = {n: {k: v.cpu() for k, v in acc.state().items()} for n, acc in accs.items()} if tokens else None
     gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (state, blocks, tokens))
-    merged = StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=loaded.device)
-    for stats, _, _ in gathered:
-        if stats is not None:
-            merged.merge(StatsAccumulator.from_stats(stats, device=loaded.device))
+    dist.all_gather_object(gathered, (states, blocks, tokens))
+    merged = {n: StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=loaded.device) for n in accs}
+    for rank_states, _, _ in gathered:
+        if rank_states is not None:
+            for n, state in rank_states.items():
+                merged[n].merge(StatsAccumulator.from_state({k: v.to(loaded.device) for k, v in state.items()}))
     return merged, sum(g[1] for g in gathered), sum(g[2] for g in gathered)
 
 
@@ -181,33 +261,57 @@ class NC4Result:
     agreement: float  # fraction of counted held-out positions where NCC(h) == argmax logits
     tokens: int  # positions counted
     positions: str = "all"  # "all" labelled positions, or "kept": those whose true next token is kept
+    loss: float | None = None  # mean next-token cross-entropy over every labelled position (nats)
+    layers: dict[int, float] = field(default_factory=dict)  # NC4 with each layer's own class means
 
 
 def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: CollectConfig = CollectConfig(),
-                *, min_count: int = 1, positions: str = "all", progress: bool = True) -> NC4Result:
-    """NC4 agreement over the held-out corpus, against the training class means in ``stats``.
+                *, min_count: int = 1, positions: str = "all", layer_stats: dict[int, ClassStats] | None = None,
+                progress: bool = True) -> NC4Result:
+    """NC4 agreement over the held-out corpus, against the training class means in ``stats`` (and,
+    for each entry of ``layer_stats``, of that hidden state against that layer's means), with the
+    model's mean cross-entropy on the same positions (its validation loss).
 
     positions "kept" counts only positions whose true next token is a kept class (Wu & Papyan's
     code); "all" counts every labelled position."""
     if positions not in ("all", "kept"):
         raise ValueError(f"NC4 positions must be 'all' or 'kept', got {positions!r}")
     rank, world = _rank_world()
-    acc = NC4Accumulator(stats.to(loaded.device), min_count=min_count)
+    block_size = resolve_block_size(loaded, config)
+    layer_stats = layer_stats or {}
+    resolve_layers(loaded, tuple(layer_stats))
+    accs = {FINAL: NC4Accumulator(stats.to(loaded.device), min_count=min_count)}
+    accs |= {i: NC4Accumulator(s.to(loaded.device), min_count=min_count) for i, s in layer_stats.items()}
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loaded.device)
+    loss_count = 0
     bar = tqdm(desc="nc4", unit="tok", unit_scale=True, disable=not progress or rank != 0)
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
-        for ids, lengths in batches(_rank_blocks(loaded, corpus, config, rank, world), config.batch_size):
-            logits, hidden = forward_features(loaded, ids, lengths, store)
+        for ids, lengths in batches(_rank_blocks(loaded, corpus, config, block_size, rank, world), config.batch_size):
+            logits, hidden, states = forward_features(loaded, ids, lengths, store, hidden_states=bool(layer_stats))
             keep = labelled_positions(ids, lengths)  # on the CPU: counting it needs no device sync
+            loss_count += int(keep.sum())
             bar.update(int(keep.sum()))
             keep = keep.to(loaded.device)
-            labels = ids[:, 1:].to(loaded.device)[keep] if positions == "kept" else None
-            acc.update(hidden[:, :-1][keep], logits[:, :-1].argmax(-1)[keep], labels)
+            targets = ids[:, 1:].to(loaded.device)[keep]
+            kept_logits = logits[:, :-1][keep]
+            loss_sum += torch.nn.functional.cross_entropy(kept_logits.double(), targets, reduction="sum")
+            labels = targets if positions == "kept" else None
+            pred = kept_logits.argmax(-1)
+            accs[FINAL].update(hidden[:, :-1][keep], pred, labels)
+            for i in layer_stats:
+                accs[i].update(states[i][:, :-1][keep], pred, labels)
     bar.close()
+    loss_total = float(loss_sum)
     if world > 1:
-        counts = torch.tensor([acc.agree, acc.total], dtype=torch.int64)
+        counts = torch.tensor([v for a in accs.values() for v in (a.agree, a.total)], dtype=torch.int64)
         dist.all_reduce(counts)
-        acc.agree, acc.total = int(counts[0]), int(counts[1])
-    return NC4Result(acc.compute(), acc.total, positions)
+        for j, a in enumerate(accs.values()):
+            a.agree, a.total = int(counts[2 * j]), int(counts[2 * j + 1])
+        sums = torch.tensor([loss_total, float(loss_count)], dtype=torch.float64)
+        dist.all_reduce(sums)
+        loss_total, loss_count = float(sums[0]), int(sums[1])
+    return NC4Result(accs[FINAL].compute(), accs[FINAL].total, positions, loss_total / max(loss_count, 1),
+                     {i: accs[i].compute() for i in layer_stats})
 
 
 @dataclass

@@ -75,7 +75,7 @@ def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, ou
     ctx_acc = StatsAccumulator(targets.num_contexts, d, device=dev)
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
         for ids, lengths in batches(blocks, config.batch_size):
-            _, hidden = forward_features(loaded, ids, lengths, store)
+            _, hidden, _ = forward_features(loaded, ids, lengths, store)
             keep = labelled_positions(ids, lengths)
             tokens_acc.update(hidden[:, :-1][keep.to(dev)], ids[:, 1:][keep].to(dev))
             rows, cols, labels = [], [], []

@@ -22,7 +22,23 @@ TEXT_SUFFIXES = (".txt", ".text", ".md")
 
 
 class CorpusError(ValueError):
-    """An empty corpus, one shorter than a block, or a path that holds no text."""
+    """An empty corpus, one shorter than a block, a path that holds no text, or a binary file."""
+
+
+def _decode(data: bytes, name: str, errors: str) -> str:
+    """UTF-8 text of a document. NUL bytes mean a binary file (refused); undecodable bytes are an
+    error naming how many, unless ``errors`` is "replace" (then each becomes U+FFFD)."""
+    if b"\x00" in data:
+        raise CorpusError(f"{name} looks like a binary file (it holds NUL bytes), not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        if errors == "replace":
+            return text
+        bad = text.count("\ufffd") - data.count("\ufffd".encode())
+        raise CorpusError(f"{name} holds {bad} byte sequence(s) that are not UTF-8; pass errors='replace' "
+                          "(--errors replace) to read them as U+FFFD") from None
 
 
 @dataclass(frozen=True)
@@ -32,20 +48,23 @@ class Corpus:
     root: Path
     files: tuple[Path, ...]  # sorted; empty for a saved dataset
     is_dataset: bool = False
+    errors: str = "strict"  # undecodable bytes: "strict" (an error) or "replace" (U+FFFD)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> Corpus:
+    def open(cls, path: str | os.PathLike, *, errors: str = "strict") -> Corpus:
+        if errors not in ("strict", "replace"):
+            raise CorpusError(f"errors must be 'strict' or 'replace', got {errors!r}")
         root = Path(path)
         if not root.exists():
             raise CorpusError(f"corpus path {root} does not exist")
         if root.is_file():
-            return cls(root, (root,))
+            return cls(root, (root,), errors=errors)
         if (root / "dataset_info.json").is_file() or (root / "state.json").is_file():
-            return cls(root, (), is_dataset=True)
+            return cls(root, (), is_dataset=True, errors=errors)
         files = tuple(sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES))
         if not files:
             raise CorpusError(f"corpus directory {root} holds no text files ({', '.join(TEXT_SUFFIXES)})")
-        return cls(root, files)
+        return cls(root, files, errors=errors)
 
     def split(self, every: int = 10) -> tuple[Corpus, Corpus]:
         """(train, validation) by document: every ``every``-th file in sorted order is held out."""
@@ -66,10 +85,11 @@ class Corpus:
             yield from (row["text"] for row in data)
             return
         for f in self.files:
-            yield f.read_text(encoding="utf-8", errors="replace")
+            yield _decode(f.read_bytes(), str(f), self.errors)
 
     def identity(self) -> str:
-        """sha256 of the documents' names and contents (streamed): detects another corpus on resume."""
+        """sha256 of the documents' names and contents: detects another corpus on resume. Every
+        file is read once here, before a pass, so a binary or undecodable file stops the run early."""
         h = hashlib.sha256()
         if self.is_dataset:
             for name in sorted(p.name for p in self.root.iterdir()):
@@ -77,9 +97,9 @@ class Corpus:
             return h.hexdigest()[:16]
         for f in self.files:
             h.update(str(f.relative_to(self.root) if f != self.root else f.name).encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+            data = f.read_bytes()
+            _decode(data, str(f), self.errors)
+            h.update(data)
         return h.hexdigest()[:16]
 
 

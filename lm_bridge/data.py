@@ -100,11 +100,11 @@ def _fetch_brown(tmp: Path, out: Path) -> None:
                 (out / f"{p.name}.txt").write_text(strip_brown_tags(text))
 
 
-def open_corpus(name_or_path: str | os.PathLike) -> Corpus:
+def open_corpus(name_or_path: str | os.PathLike, *, errors: str = "strict") -> Corpus:
     """A corpus by registry name (fetched if absent) or by local path."""
     if str(name_or_path) in CORPORA:
-        return Corpus.open(fetch(str(name_or_path)))
+        return Corpus.open(fetch(str(name_or_path)), errors=errors)
     path = Path(name_or_path)
     if not path.exists():
         raise CorpusError(f"{name_or_path} is neither a known corpus ({', '.join(sorted(CORPORA))}) nor a path")
-    return Corpus.open(path)
+    return Corpus.open(path, errors=errors)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +25,23 @@ class ModelLoadError(ValueError):
     """A model directory that does not exist, is not a causal LM, or does not fit its tokenizer."""
 
 
+# Files that make a tokenizer; a directory with none of them gets no tokenizer (transformers would
+# otherwise build a near-empty one and measure nonsense).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "vocab.txt", "spiece.model")
+# Files whose content is the model's identity: the config, the weights and the tokenizer.
+IDENTITY_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+# Encoder-only families that transformers would load as a "causal LM" with a decoder flag off.
+ENCODER_ONLY = {"bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "xlm-roberta",
+                "mpnet", "camembert", "ernie", "megatron-bert", "modernbert"}
+
+
 @dataclass
 class LoadedModel:
     model: torch.nn.Module  # a transformers causal LM, in eval mode
     tokenizer: object  # its tokenizer (PreTrainedTokenizerBase)
     path: Path
-    identity: str  # hash of config + weights' file names and sizes: detects another model on resume
+    identity: str  # sha256 of the content of the config, weights and tokenizer files
+    identity_seconds: float = 0.0  # what hashing them cost
 
     @property
     def device(self) -> torch.device:
@@ -43,6 +54,21 @@ class LoadedModel:
     @property
     def vocab_size(self) -> int:
         return self.unembedding.weight.shape[0]
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model takes (max_position_embeddings / n_positions), if stated."""
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def num_hidden_states(self) -> int:
+        """Entries of output_hidden_states: the embeddings and one per block."""
+        return int(self.model.config.num_hidden_layers) + 1
 
     @property
     def unembedding(self) -> torch.nn.Module:
@@ -72,27 +98,58 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         config = AutoConfig.from_pretrained(path, local_files_only=True)
     except (ValueError, OSError, KeyError) as err:
         raise ModelLoadError(f"{path} holds no readable model config: {err}") from err
+    _refuse_non_causal(path, config)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the model's "
+                             "tokenizer beside it (tokenizer.save_pretrained(DIR))")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype,
+                                                           output_loading_info=True)
     except ValueError as err:
         raise ModelLoadError(
             f"{path} is not a causal language model (config type {type(config).__name__}): {err}"
         ) from err
     except OSError as err:
         raise ModelLoadError(f"{path}: the model weights cannot be read: {err}") from err
-    if model.get_output_embeddings() is None:
+    head = model.get_output_embeddings()
+    if head is None:
         raise ModelLoadError(f"{path}: the model has no output embeddings (unembedding) to measure")
+    head_keys = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    fresh = sorted(set(info.get("missing_keys", ())) & head_keys)
+    if fresh:
+        raise ModelLoadError(f"{path}: the checkpoint has no {', '.join(fresh)}: the unembedding would be "
+                             "freshly initialized (random), and its geometry meaningless; use a complete checkpoint")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (ValueError, OSError) as err:
         raise ModelLoadError(f"{path}: no tokenizer could be loaded from the directory: {err}") from err
-    loaded = LoadedModel(model.to(device).eval(), tokenizer, path, model_identity(path))
+    start = time.perf_counter()
+    identity = model_identity(path)
+    loaded = LoadedModel(model.to(device).eval(), tokenizer, path, identity, time.perf_counter() - start)
     if len(tokenizer) > loaded.vocab_size:
         raise ModelLoadError(
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the unembedding only "
             f"{loaded.vocab_size} rows; they do not belong together"
         )
+    if len(tokenizer) < loaded.vocab_size // 2:
+        raise ModelLoadError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens, less than half the unembedding's "
+            f"{loaded.vocab_size} rows; it is another model's tokenizer (padding rows are never that many)"
+        )
     return loaded
+
+
+def _refuse_non_causal(path: Path, config) -> None:
+    """Encoder-only and masked-LM checkpoints load as 'causal LMs' in transformers (BERT becomes a
+    BertLMHeadModel with a random decoder flag): refuse them, saying what was found."""
+    archs = list(getattr(config, "architectures", None) or [])
+    causal = [a for a in archs if a.endswith("ForCausalLM") or a.endswith("LMHeadModel")]
+    if archs and not causal:
+        raise ModelLoadError(f"{path} is not a causal language model: its architecture is {', '.join(archs)} "
+                             f"(model type {config.model_type!r}); Collapse Lab measures next-token predictors")
+    if config.model_type in ENCODER_ONLY and not getattr(config, "is_decoder", False):
+        raise ModelLoadError(f"{path} holds an encoder-only model (type {config.model_type!r}), not a causal "
+                             "language model; Collapse Lab measures next-token predictors")
 
 
 def quiet_transformers() -> None:
@@ -103,12 +160,15 @@ def quiet_transformers() -> None:
 
 
 def model_identity(path: Path) -> str:
-    """A short hash of the config and the weight files' names and sizes (cheap, no weights read)."""
+    """sha256 of the content of every config, weight and tokenizer file of the directory (names and
+    bytes, streamed): two models of one config with other weights, or another tokenizer, differ."""
     h = hashlib.sha256()
-    h.update(json.dumps(json.loads((path / "config.json").read_text()), sort_keys=True).encode())
     for f in sorted(path.iterdir()):
-        if f.suffix in (".safetensors", ".bin") and f.is_file():
-            h.update(f"{f.name}:{f.stat().st_size}".encode())
+        if f.suffix in IDENTITY_SUFFIXES and f.is_file() and f.name != "training.json":
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
     return h.hexdigest()[:16]
 
 

@@ -16,7 +16,9 @@ and no large raw sums are ever subtracted. No per-class D x D covariance is kept
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,9 @@ from ._validate import as_tensor, check_finite, check_labels, check_positive_int
 from .io import atomic_write
 
 FORMAT_NAME = "collapse-lab/class-stats"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a sha256 of the tensors in the header; 1 (no checksum) is still read
+_READABLE_VERSIONS = ("1", "2")
+CHECKPOINT_FORMAT = "collapse-lab/accumulators"  # exact accumulator states, one or more
 _TENSOR_NAMES = ("counts", "sample_counts", "means", "var_traces", "within_scatter")
 _TINY = 1e-300  # guards divisions by a class weight that is exactly 0
 
@@ -65,6 +69,9 @@ class ClassStats:
             check_finite(getattr(self, name), name)
         if bool((self.counts < 0).any()) or bool((self.sample_counts < 0).any()):
             raise ValueError("counts must be non-negative")
+        if bool((self.var_traces < 0).any()):
+            bad = int((self.var_traces < 0).sum())
+            raise ValueError(f"var_traces must be non-negative (variances); {bad} class(es) are negative")
 
     @property
     def num_classes(self) -> int:
@@ -90,33 +97,14 @@ class ClassStats:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file (tensors + JSON header metadata), atomically."""
+        """Write one safetensors file (tensors + JSON header metadata + a sha256 of the tensors),
+        atomically."""
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_NAMES}
-        header = {
-            "format": FORMAT_NAME,
-            "version": str(FORMAT_VERSION),
-            "metadata": json.dumps(self.metadata, sort_keys=True, default=str),
-        }
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+        return _save_tensors(path, tensors, FORMAT_NAME, self.metadata)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> ClassStats:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no statistics file at {path}")
-        header = _read_header(path)
-        if header.get("format") != FORMAT_NAME:
-            raise StatsFileError(f"{path} is not a Collapse Lab statistics file")
-        if header.get("version") != str(FORMAT_VERSION):
-            raise StatsFileError(
-                f"{path} has statistics format version {header.get('version')}; "
-                f"this version of Collapse Lab reads version {FORMAT_VERSION}"
-            )
-        try:
-            tensors = load_file(str(path), device=str(device))
-            metadata = json.loads(header.get("metadata", "{}"))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise StatsFileError(f"{path} is truncated or corrupt: {err}") from err
+        tensors, metadata = _load_tensors(path, FORMAT_NAME, device)
         missing = [n for n in _TENSOR_NAMES if n not in tensors]
         if missing:
             raise StatsFileError(f"{path} lacks the tensor(s) {', '.join(missing)}")
@@ -124,6 +112,73 @@ class ClassStats:
             return cls(**{n: tensors[n] for n in _TENSOR_NAMES}, metadata=metadata)
         except ValueError as err:
             raise StatsFileError(f"{path} holds inconsistent statistics: {err}") from err
+
+
+def _checksum(tensors: dict[str, torch.Tensor], metadata_json: str) -> str:
+    """sha256 over the metadata and every tensor's name, dtype, shape and bytes (in name order)."""
+    h = hashlib.sha256(metadata_json.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], fmt: str, metadata: dict) -> Path:
+    meta = json.dumps(metadata, sort_keys=True, default=str)
+    header = {"format": fmt, "version": str(FORMAT_VERSION), "metadata": meta,
+              "sha256": _checksum(tensors, meta)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def _load_tensors(path: str | Path, fmt: str, device) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and metadata of a Collapse Lab file of format ``fmt``, checksum verified."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no statistics file at {path}")
+    header = _read_header(path)
+    if header.get("format") != fmt:
+        kind = "statistics" if fmt == FORMAT_NAME else "checkpoint"
+        raise StatsFileError(f"{path} is not a Collapse Lab {kind} file")
+    if header.get("version") not in _READABLE_VERSIONS:
+        raise StatsFileError(
+            f"{path} has statistics format version {header.get('version')}; "
+            f"this version of Collapse Lab reads version {FORMAT_VERSION}"
+        )
+    try:
+        tensors = load_file(str(path), device="cpu")
+        metadata = json.loads(header.get("metadata", "{}"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise StatsFileError(f"{path} is truncated or corrupt: {err}") from err
+    if header.get("version") != "1" and _checksum(tensors, header.get("metadata", "{}")) != header.get("sha256"):
+        raise StatsFileError(f"{path} is corrupt: its tensors do not match the checksum written with them")
+    return {k: v.to(device) for k, v in tensors.items()}, metadata
+
+
+def save_accumulators(path: str | Path, accumulators: dict[str, StatsAccumulator], metadata: dict) -> Path:
+    """A checkpoint: the exact state of one or more accumulators (by name) in one file, atomically.
+
+    The raw state (n, count, mean, M2, scatter) is stored, not ClassStats: a resumed run then does
+    exactly the arithmetic of an uninterrupted one and ends bit-identical."""
+    tensors = {}
+    for name, acc in accumulators.items():
+        for key, value in acc.state().items():
+            tensors[f"{name}/{key}"] = value.detach().cpu().contiguous()
+    return _save_tensors(path, tensors, CHECKPOINT_FORMAT, metadata)
+
+
+def load_accumulators(path: str | Path, *, device: str | torch.device = "cpu"
+                      ) -> tuple[dict[str, StatsAccumulator], dict]:
+    """The accumulators and metadata of a checkpoint written by ``save_accumulators``."""
+    tensors, metadata = _load_tensors(path, CHECKPOINT_FORMAT, device)
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, field_name = key.rpartition("/")
+        grouped.setdefault(name, {})[field_name] = value
+    try:
+        return {name: StatsAccumulator.from_state(state) for name, state in grouped.items()}, metadata
+    except (KeyError, ValueError) as err:
+        raise StatsFileError(f"{path} holds an inconsistent accumulator state: {err}") from err
 
 
 def _read_header(path: Path) -> dict[str, str]:
@@ -176,6 +231,23 @@ class StatsAccumulator:
         acc._scatter = stats.within_scatter * stats.total
         return acc
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """The raw state: weights n (K,), sample counts (K,), means (K, D), M2 (K,), scatter (D, D)."""
+        return dict(n=self._n, count=self._count, mean=self._mean, m2=self._m2, scatter=self._scatter)
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> StatsAccumulator:
+        """The accumulator with exactly this raw state (a checkpoint written by ``state()``)."""
+        k, d = state["mean"].shape
+        acc = cls(k, d, device=state["mean"].device)
+        for key, attr in (("n", "_n"), ("count", "_count"), ("mean", "_mean"), ("m2", "_m2"), ("scatter", "_scatter")):
+            value = state[key]
+            if value.shape != getattr(acc, attr).shape or value.dtype != getattr(acc, attr).dtype:
+                raise ValueError(f"state {key!r} has shape {tuple(value.shape)} / {value.dtype}, expected "
+                                 f"{tuple(getattr(acc, attr).shape)} / {getattr(acc, attr).dtype}")
+            setattr(acc, attr, value.clone())
+        return acc
+
     @property
     def total(self) -> float:
         return float(self._n.sum())
@@ -194,6 +266,8 @@ class StatsAccumulator:
         if weights is not None:
             w = as_tensor(weights, "weights", device=self.device, dtype=torch.float64)
             check_shape(w, "weights", (h.shape[0],))
+        if h.dtype == torch.bool or h.is_complex():
+            raise TypeError(f"features must be real numbers, got dtype {h.dtype}")
         if h.shape[0] == 0:
             return self
         self._check_values(h, y, w)
@@ -241,6 +315,9 @@ class StatsAccumulator:
             check_finite(w, "weights")
         if w is not None and values[4] < 0:
             raise ValueError("weights must be non-negative")
+        if w is not None and not math.isfinite(float(w.sum()) + self.total):
+            raise ValueError("weights overflow: the total weight of the batch and the state is not finite "
+                             f"in float64 (largest weight {float(w.max()):.3g}); rescale the weights")
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         """Fold in another accumulator over the same classes and dimension (a shard, a rank)."""

@@ -1,0 +1,178 @@
+"""`collapse measure`: one model, or a series of checkpoints, measured into a folder.
+
+One run folder holds ``stats.safetensors`` (the unembedding's input), ``layers/layer_XX.safetensors``
+(each requested entry of output_hidden_states, same pass), ``metrics.json`` (metrics, per-layer
+metrics under ``layers``, NC4 and the held-out loss, model and corpus identity) and figures. A
+series measures every checkpoint on the same token blocks into ``<out>/<checkpoint>/`` and writes
+``series.csv`` (one row per checkpoint, ordered by step) and figures of each metric against step;
+``collapse analyze series.csv --loss val_loss`` reads it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ufm
+from ufm.io import atomic_write, write_json
+
+from .collect import CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, resolve_layers
+from .corpus import Corpus
+from .models import LoadedModel, load_model
+from .report import measure_figures, metric_panels
+
+# Metrics drawn against depth and against step (key, label, log scale).
+PANELS = [("cdnv_mean", "CDNV (NC1)", True), ("nc1_trace_ratio", "Tr(S_W S_B^+)/K (NC1)", True),
+          ("cos_std", "std of pair cosines (NC2)", False), ("log_norm_cov", "CoV of log norms (NC2)", False),
+          ("etf_error", "ETF error (NC2)", False), ("gnc_log_std", "std of log kernel (GNC2)", False)]
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    metrics: dict[str, Any]  # keyword arguments of ufm.collapse_metrics
+    preset: str | None  # the preset they came from, for the record
+    nc4_positions: str = "all"  # held-out positions NC4 counts: all, or kept next tokens
+    overwrite: bool = False  # replace a finished run of another model in the folder
+
+
+def parse_layers(spec: str | None, loaded: LoadedModel) -> tuple[int, ...]:
+    """--layers: None (none), "all", or "I,J,..." (output_hidden_states indices)."""
+    if spec is None:
+        return ()
+    if spec == "all":
+        return tuple(range(loaded.num_hidden_states))
+    try:
+        layers = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError as err:
+        raise CollectError(f"--layers takes 'all' or comma-separated indices, got {spec!r}") from err
+    return resolve_layers(loaded, layers)
+
+
+def refuse_foreign_run(out: Path, loaded: LoadedModel, overwrite: bool) -> None:
+    """A folder holding a finished run of another model is not overwritten unless asked to."""
+    done = out / "metrics.json"
+    if not done.is_file() or overwrite:
+        return
+    try:
+        found = json.loads(done.read_text()).get("model", {}).get("identity")
+    except (json.JSONDecodeError, AttributeError):
+        found = "unreadable"
+    if found != loaded.identity:
+        raise CollectError(f"{out} holds a finished run of another model ({found}, not {loaded.identity}); "
+                           "choose another --out, or pass --overwrite to replace it")
+
+
+def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
+                   *, heldout: Corpus | None = None, progress: bool = True) -> dict[str, Any] | None:
+    """Measure ``loaded`` into ``out``; the summary written to metrics.json (None on ranks > 0)."""
+    refuse_foreign_run(out, loaded, options.overwrite)
+    result = collect_stats(loaded, corpus, config, checkpoint=out / "checkpoint.safetensors", progress=progress)
+    nc4 = None
+    if heldout is not None:
+        nc4 = collect_nc4(loaded, heldout, result.stats, config, min_count=options.metrics.get("min_count", 1),
+                          positions=options.nc4_positions, layer_stats=result.layers, progress=progress)
+    if _rank_world()[0] != 0:
+        return None
+    classifier = loaded.classifier()
+    metrics = ufm.collapse_metrics(result.stats, classifier, **options.metrics)
+    result.stats.save(out / "stats.safetensors")
+    layers = {}
+    for i, stats in result.layers.items():
+        stats.save(out / "layers" / f"layer_{i:02d}.safetensors")
+        # The classifier meets the last hidden state only: NC3 is not defined for inner layers.
+        layers[str(i)] = dict(metrics=ufm.collapse_metrics(stats, **options.metrics).to_dict(),
+                              nc4_agreement=None if nc4 is None else nc4.layers.get(i))
+    figures = measure_figures(result.stats, classifier, out, cdnv_power=metrics.options["cdnv_power"],
+                              center=metrics.options["center"], min_count=metrics.options["min_count"],
+                              title=loaded.path.name)
+    if layers:
+        depth = [int(i) for i in layers]
+        figures.append(metric_panels(depth, [layers[str(i)]["metrics"] for i in depth], PANELS,
+                                     out / "metrics_vs_depth.png", xlabel="hidden state (0 = embeddings)",
+                                     title=f"{loaded.path.name}: collapse by depth",
+                                     extra=None if nc4 is None else ("NC4 agreement", [nc4.layers[i] for i in depth])))
+    summary = dict(
+        metrics=metrics.to_dict(), preset=options.preset,
+        nc4_agreement=None if nc4 is None else nc4.agreement, nc4_tokens=None if nc4 is None else nc4.tokens,
+        nc4_positions=None if nc4 is None else nc4.positions, val_loss=None if nc4 is None else nc4.loss,
+        layers=layers,
+        model=dict(path=str(loaded.path), name=loaded.path.name, identity=loaded.identity,
+                   identity_seconds=loaded.identity_seconds, vocab_size=loaded.vocab_size,
+                   hidden_size=loaded.hidden_size, max_positions=loaded.max_positions),
+        corpus=dict(path=str(corpus.root), identity=result.stats.metadata["corpus_identity"],
+                    heldout=None if heldout is None else str(heldout.root)),
+        tokens=result.tokens, blocks=result.blocks, collect=result.stats.metadata, seconds=result.seconds,
+        state_gib=(1 + len(result.layers)) * 8 * (loaded.vocab_size * loaded.hidden_size) / 2**30,
+        figures=figures,
+    )
+    write_json(out / "metrics.json", summary)
+    (out / "checkpoint.safetensors").unlink(missing_ok=True)  # done: a rerun must not resume a finished run
+    return summary
+
+
+_STEP_IN_NAME = re.compile(r"(\d+)(?!.*\d)")  # the last integer in a name: checkpoint-1000, epoch2, step300
+
+
+def checkpoint_step(path: Path) -> tuple[int, str]:
+    """(step, where it came from) of a checkpoint directory: trainer_state.json's global_step,
+    training.json's step or epoch, else the last integer in the folder name."""
+    for name, keys in (("trainer_state.json", ("global_step",)), ("training.json", ("step", "epoch"))):
+        f = path / name
+        if f.is_file():
+            try:
+                data = json.loads(f.read_text())
+            except json.JSONDecodeError:
+                continue
+            for key in keys:
+                if isinstance(data.get(key), int):
+                    return data[key], f"{name}:{key}"
+    found = _STEP_IN_NAME.search(path.name)
+    if found is None:
+        raise CollectError(f"no step for checkpoint {path}: no trainer_state.json / training.json and no number "
+                           "in its name")
+    return int(found.group(1)), "name"
+
+
+def expand_checkpoints(paths: list[Path]) -> list[Path]:
+    """The checkpoints: the given model directories, or the model subfolders of one run folder,
+    ordered by step. A run folder given where a model is expected says which subfolders it holds."""
+    if len(paths) == 1 and not (paths[0] / "config.json").is_file() and paths[0].is_dir():
+        subs = [p for p in paths[0].iterdir() if (p / "config.json").is_file()]
+        if subs:
+            return sorted(subs, key=lambda p: checkpoint_step(p)[0])
+    return paths if len(paths) == 1 else sorted(paths, key=lambda p: checkpoint_step(p)[0])
+
+
+def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions, *,
+                   heldout: Corpus | None = None, device="cpu", progress: bool = True) -> list[dict[str, Any]]:
+    """Each checkpoint into ``out/<name>/`` on the same token blocks; series.csv and figures."""
+    rows = []
+    for path in paths:
+        step, source = checkpoint_step(path)
+        loaded = load_model(path, device=device)
+        folder = out / path.name
+        summary = measure_folder(loaded, corpus, folder, config, options, heldout=heldout, progress=progress)
+        if summary is None:
+            continue
+        m = summary["metrics"]
+        rows.append(dict(name=path.name, step=step, step_source=source, val_loss=summary["val_loss"],
+                         nc4_agreement=summary["nc4_agreement"], tokens=summary["tokens"],
+                         identity=summary["model"]["identity"],
+                         **{k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}))
+    if not rows:
+        return rows
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in rows])
+    atomic_write(out / "series.csv", lambda tmp: tmp.write_text(buf.getvalue()))
+    steps = [r["step"] for r in rows]
+    extra = ("NC4 agreement", [r["nc4_agreement"] for r in rows]) if heldout is not None else None
+    metric_panels(steps, rows, PANELS, out / "metrics_vs_step.png", xlabel="training step",
+                  title=f"{len(rows)} checkpoints: collapse over training", extra=extra)
+    return rows
