@@ -4,26 +4,32 @@
 
 A GPT-Neo of width 256 and 4 layers with random weights and the GPT-2 vocabulary size (50,257):
 the bare pass runs the model; collection also captures the unembedding's input and folds every
-labelled position into the float64 class statistics. Prints both rates, their ratio (target
->= 0.9) and peak memory.
+labelled position into the float64 class statistics; all-layer collection does the same for each of
+the 5 entries of output_hidden_states too (6 statistics states, as `collapse measure --layers all`).
+Prints the rates, the one-layer and all-layer ratios to the bare pass, and peak memory.
+Also: the cost of hashing a model's files for its identity, next to the pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
 from lm_bridge.collect import batches, labelled_positions
-from lm_bridge.models import capture_unembedding_input
+from lm_bridge.models import capture_unembedding_input, model_identity
 from ufm import StatsAccumulator
 
 
-def run(model, data, device, collect: bool) -> float:
-    acc = StatsAccumulator(model.config.vocab_size, model.config.hidden_size, device=device)
+def run(model, data, device, collect: bool, layers: bool = False) -> float:
+    n_states = model.config.num_hidden_layers + 1 if layers else 0
+    accs = [StatsAccumulator(model.config.vocab_size, model.config.hidden_size, device=device)
+            for _ in range(1 + n_states)]
     tokens = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -31,10 +37,13 @@ def run(model, data, device, collect: bool) -> float:
     with torch.inference_mode(), capture_unembedding_input(model) as store:
         for ids, lengths in data:
             ids = ids.to(device)
-            model(input_ids=ids)
+            out = model(input_ids=ids, output_hidden_states=layers)
             keep = labelled_positions(ids, lengths)
             if collect:
-                acc.update(store["hidden"][:, :-1][keep], ids[:, 1:][keep])
+                labels = ids[:, 1:][keep]
+                accs[0].update(store["hidden"][:, :-1][keep], labels)
+                for acc, h in zip(accs[1:], out.hidden_states if layers else ()):
+                    acc.update(h[:, :-1][keep], labels)
             tokens += int(keep.sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -52,13 +61,23 @@ def bench(device: torch.device, blocks: int, block_size: int, batch_size: int, r
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     run(model, data[:2], device, True)  # warm-up
-    bare, coll = [], []
-    for _ in range(repeats):  # interleaved, so drifts of the machine hit both alike
+    bare, coll, every = [], [], []
+    for _ in range(repeats):  # interleaved, so drifts of the machine hit all alike
         bare.append(run(model, data, device, False))
         coll.append(run(model, data, device, True))
-    b, c = max(bare), max(coll)
-    print(f"{device}: bare forward {b:10.0f} tok/s, collection {c:10.0f} tok/s, ratio {c / b:.3f} "
-          f"({blocks} blocks x {block_size} tokens, batch {batch_size}, best of {repeats})")
+        every.append(run(model, data, device, True, layers=True))
+    b, c, e = max(bare), max(coll), max(every)
+    print(f"{device}: bare forward {b:10.0f} tok/s, collection {c:10.0f} tok/s (ratio {c / b:.3f}), all 5 hidden "
+          f"states + unembedding input {e:10.0f} tok/s (ratio {e / b:.3f}) ({blocks} blocks x {block_size} tokens, "
+          f"batch {batch_size}, best of {repeats})")
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        start = time.perf_counter()
+        model_identity(Path(tmp))
+        seconds = time.perf_counter() - start
+    size = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    print(f"    identity hash of the model's files ({size:.0f} MiB): {seconds:.3f} s, the time of "
+          f"{seconds * c:.0f} collected tokens")
     if device.type == "cuda":
         print(f"    peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 

@@ -16,6 +16,8 @@ so in the ``lc2024`` preset. Pairwise quantities come from one tiled sweep (ufm.
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -148,6 +150,7 @@ def collapse_metrics(
         global_mean = (counts[:, None] * means).sum(0) / counts.sum()
     centered = means - global_mean  # (K', D)
 
+    _warn_if_long(k, stats.dim, dev)
     norms = centered.norm(dim=1)  # (K',)
     log_norms = norms.log()
     tile = opts.tile_size or (8192 if dev.type == "cuda" else 1024)
@@ -159,7 +162,7 @@ def collapse_metrics(
     if w is not None:
         dual_cos = (w * centered).sum(1) / (w.norm(dim=1) * norms)  # (K',)
         mean, std = _mean_std(dual_cos, opts.spread_ddof)
-        dual = dict(dual_cos_mean=mean, dual_cos_std=std, unc_cov=std / abs(mean),
+        dual = dict(dual_cos_mean=mean, dual_cos_std=std, unc_cov=_ratio(std, abs(mean)),
                     dual_error=pairs.dual_error)
     riesz = dict(riesz_mean=pairs.riesz[0], riesz_std=pairs.riesz[1]) if pairs.riesz else {}
     norm_mean, norm_std = _mean_std(norms, opts.spread_ddof)
@@ -172,9 +175,9 @@ def collapse_metrics(
         cdnv_mean=pairs.cdnv[0],
         cdnv_std=pairs.cdnv[1],
         norm_mean=norm_mean,
-        norm_cov=norm_std / norm_mean,
-        log_norm_cov=log_std / abs(log_mean),
-        norm_sq_cov=sq_std / sq_mean,
+        norm_cov=_ratio(norm_std, norm_mean),
+        log_norm_cov=_ratio(log_std, abs(log_mean)),
+        norm_sq_cov=_ratio(sq_std, sq_mean),
         cos_mean=pairs.cos[0],
         cos_std=pairs.cos[1],
         etf_error=pairs.etf_error,
@@ -186,6 +189,25 @@ def collapse_metrics(
     )
 
 
+# Seconds per (pair x dimension) of the full sweep on a 2-core CPU, from benchmarks/metrics.py
+# (K = 50,257, D = 768: 31.5 s for K^2/2 pairs), and on an H100 (0.41 s).
+_SWEEP_SECONDS = {"cpu": 31.5 / (50_257**2 / 2 * 768), "cuda": 0.41 / (50_257**2 / 2 * 768)}
+LONG_SWEEP_SECONDS = 600.0  # a sweep expected to take longer is announced
+
+
+def expected_sweep_seconds(num_classes: int, dim: int, device: torch.device) -> float:
+    """The pairwise sweep's expected time: it visits K^2/2 pairs of D-dimensional means."""
+    return _SWEEP_SECONDS.get(device.type, _SWEEP_SECONDS["cpu"]) * num_classes**2 / 2 * dim
+
+
+def _warn_if_long(num_classes: int, dim: int, device: torch.device) -> None:
+    seconds = expected_sweep_seconds(num_classes, dim, device)
+    if seconds > LONG_SWEEP_SECONDS:
+        warnings.warn(f"the all-pairs sweep over {num_classes:,} kept classes (D = {dim}) is expected to take "
+                      f"~{seconds / 3600:.1f} h on {device.type}; raise min_count to keep fewer classes, or "
+                      "run it where the statistics are on a GPU (stats.to('cuda'))", stacklevel=3)
+
+
 def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) -> float:
     """Tr(S_W S_B^+) / K with S_B = M^T M / K, M the (K, D) centered means (Papyan et al. 2020)."""
     k = centered_means.shape[0]
@@ -195,6 +217,11 @@ def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) 
     v = evecs[:, keep]  # (D, r)
     projected = (v * (within_scatter @ v)).sum(0)  # (r,) v^T S_W v
     return float((projected / evals[keep]).sum()) / k
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den; NaN when den is 0 (every class mean at the global mean: no spread is defined)."""
+    return num / den if den != 0 else math.nan
 
 
 def _mean_std(x: torch.Tensor, ddof: int = 0) -> tuple[float, float]:

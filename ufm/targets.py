@@ -45,6 +45,13 @@ class NTPTargets:
             raise ValueError(f"token ids must lie in [0, {v})")
         if len(self.contexts) and (self.contexts.min() < 0 or self.contexts.max() >= m):
             raise ValueError(f"context ids must lie in [0, {m})")
+        if len(self.tokens):
+            pairs = np.sort(self.contexts.astype(np.int64) * v + self.tokens)
+            dup = np.unique(pairs[1:][pairs[1:] == pairs[:-1]])
+            if len(dup):
+                z, j = int(dup[0] % v), int(dup[0] // v)
+                raise ValueError(f"P has {len(dup)} duplicate (token, context) entr(ies), e.g. token {z} of context "
+                                 f"{j}: each non-zero must appear once (duplicates would skew the entropy)")
         sums = np.bincount(self.contexts, weights=self.probs, minlength=m)
         bad = np.flatnonzero(np.abs(sums - 1.0) > _SUM_TOL)
         if len(bad):

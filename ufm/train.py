@@ -171,6 +171,9 @@ def train_ufm(
         optimizer=optimizer, lr_schedule=lr_schedule, bias=bias, layernorm=layernorm,
         word_layernorm=word_layernorm, init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed, chunk_entries=chunk_entries,
     )
+    if l_mm is not None and np.shape(l_mm) != (targets.vocab_size, targets.num_contexts):
+        raise ValueError(f"l_mm must have shape (V, m) = ({targets.vocab_size}, {targets.num_contexts}), "
+                         f"got {np.shape(l_mm)}")
     dev = resolve_device(device)
     tdtype = getattr(torch, config.dtype)
     gen = torch.Generator().manual_seed(seed)
