@@ -7,7 +7,7 @@ import platform
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -20,13 +20,17 @@ from lm_bridge.report import save_figure  # noqa: E402
 from ufm.io import write_json  # noqa: E402
 
 
-def parse_args(name: str, doc: str, argv: list[str] | None) -> argparse.Namespace:
+def parse_args(name: str, doc: str, argv: list[str] | None,
+               extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The options every experiment takes, plus its own (``extra`` adds them), all in --help."""
     parser = argparse.ArgumentParser(prog=f"collapse experiment {name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs") / name, help="output directory")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a smaller run, for smoke tests")
+    if extra is not None:
+        extra(parser)
     return parser.parse_args(argv)
 
 

@@ -54,13 +54,9 @@ def synonym_measures(words: np.ndarray, groups: np.ndarray, freq: np.ndarray) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--size", choices=["cpu", "paper"], default="cpu")
-    known, rest = parser.parse_known_args(argv)
-    args = parse_args("feature-collapse", __doc__ + "\n--size cpu|paper (paper: for a GPU)", rest)
-    config = PAPER if known.size == "paper" else Config()
+    args = parse_args("feature-collapse", __doc__, argv, lambda p: p.add_argument(
+        "--size", choices=["cpu", "paper"], default="cpu", help="cpu (default) or paper (the paper's size, for a GPU)"))
+    config = PAPER if args.size == "paper" else Config()
     if args.quick:
         config = replace(config, epochs=200, eval_every=100, ufm_steps=2000)
     run = Run("feature-collapse", args, config)

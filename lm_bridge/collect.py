@@ -262,6 +262,7 @@ class NC4Result:
     tokens: int  # positions counted
     positions: str = "all"  # "all" labelled positions, or "kept": those whose true next token is kept
     loss: float | None = None  # mean next-token cross-entropy over every labelled position (nats)
+    accuracy: float | None = None  # top-1 accuracy of the model over every labelled position
     layers: dict[int, float] = field(default_factory=dict)  # NC4 with each layer's own class means
 
 
@@ -283,6 +284,7 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
     accs = {FINAL: NC4Accumulator(stats.to(loaded.device), min_count=min_count)}
     accs |= {i: NC4Accumulator(s.to(loaded.device), min_count=min_count) for i, s in layer_stats.items()}
     loss_sum = torch.zeros((), dtype=torch.float64, device=loaded.device)
+    correct = torch.zeros((), dtype=torch.int64, device=loaded.device)
     loss_count = 0
     bar = tqdm(desc="nc4", unit="tok", unit_scale=True, disable=not progress or rank != 0)
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
@@ -297,21 +299,22 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
             loss_sum += torch.nn.functional.cross_entropy(kept_logits.double(), targets, reduction="sum")
             labels = targets if positions == "kept" else None
             pred = kept_logits.argmax(-1)
+            correct += (pred == targets).sum()
             accs[FINAL].update(hidden[:, :-1][keep], pred, labels)
             for i in layer_stats:
                 accs[i].update(states[i][:, :-1][keep], pred, labels)
     bar.close()
-    loss_total = float(loss_sum)
+    loss_total, n_correct = float(loss_sum), int(correct)
     if world > 1:
         counts = torch.tensor([v for a in accs.values() for v in (a.agree, a.total)], dtype=torch.int64)
         dist.all_reduce(counts)
         for j, a in enumerate(accs.values()):
             a.agree, a.total = int(counts[2 * j]), int(counts[2 * j + 1])
-        sums = torch.tensor([loss_total, float(loss_count)], dtype=torch.float64)
+        sums = torch.tensor([loss_total, float(loss_count), float(n_correct)], dtype=torch.float64)
         dist.all_reduce(sums)
-        loss_total, loss_count = float(sums[0]), int(sums[1])
+        loss_total, loss_count, n_correct = float(sums[0]), int(sums[1]), int(sums[2])
     return NC4Result(accs[FINAL].compute(), accs[FINAL].total, positions, loss_total / max(loss_count, 1),
-                     {i: accs[i].compute() for i in layer_stats})
+                     n_correct / max(loss_count, 1), {i: accs[i].compute() for i in layer_stats})
 
 
 @dataclass

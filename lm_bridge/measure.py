@@ -89,19 +89,19 @@ def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Colle
                               nc4_agreement=None if nc4 is None else nc4.layers.get(i))
     figures = measure_figures(result.stats, classifier, out, cdnv_power=metrics.options["cdnv_power"],
                               center=metrics.options["center"], min_count=metrics.options["min_count"],
-                              title=loaded.path.name)
+                              title=model_label(loaded.path))
     if layers:
         depth = [int(i) for i in layers]
         figures.append(metric_panels(depth, [layers[str(i)]["metrics"] for i in depth], PANELS,
                                      out / "metrics_vs_depth.png", xlabel="hidden state (0 = embeddings)",
-                                     title=f"{loaded.path.name}: collapse by depth",
+                                     title=f"{model_label(loaded.path)}: collapse by depth",
                                      extra=None if nc4 is None else ("NC4 agreement", [nc4.layers[i] for i in depth])))
     summary = dict(
         metrics=metrics.to_dict(), preset=options.preset,
         nc4_agreement=None if nc4 is None else nc4.agreement, nc4_tokens=None if nc4 is None else nc4.tokens,
         nc4_positions=None if nc4 is None else nc4.positions, val_loss=None if nc4 is None else nc4.loss,
         layers=layers,
-        model=dict(path=str(loaded.path), name=loaded.path.name, identity=loaded.identity,
+        model=dict(path=str(loaded.path), name=model_label(loaded.path), identity=loaded.identity,
                    identity_seconds=loaded.identity_seconds, vocab_size=loaded.vocab_size,
                    hidden_size=loaded.hidden_size, max_positions=loaded.max_positions),
         corpus=dict(path=str(corpus.root), identity=result.stats.metadata["corpus_identity"],
@@ -113,6 +113,12 @@ def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Colle
     write_json(out / "metrics.json", summary)
     (out / "checkpoint.safetensors").unlink(missing_ok=True)  # done: a rerun must not resume a finished run
     return summary
+
+
+def model_label(path: Path) -> str:
+    """A model's name for tables and titles: a checkpoint folder (epoch2, checkpoint-1000) is named
+    with its run (d2w64/epoch2)."""
+    return f"{path.parent.name}/{path.name}" if re.fullmatch(r"(epoch|checkpoint|step)[-_]?\d+", path.name) else path.name
 
 
 _STEP_IN_NAME = re.compile(r"(\d+)(?!.*\d)")  # the last integer in a name: checkpoint-1000, epoch2, step300

@@ -57,6 +57,34 @@ def cdnv_matrix(stats: ClassStats, ids: np.ndarray, power: float = 2.0) -> np.nd
     return out.fill_diagonal_(0.0).cpu().numpy()
 
 
+def random_means_etf_error(num_classes: int, dim: int, seed: int = 0) -> float:
+    """The ETF error of K Gaussian class means in R^D: what no collapse at all looks like (~sqrt(2)
+    when K is large), the baseline next to a measured ETF error."""
+    from ufm import collapse_metrics, stats_from_features
+
+    means = np.random.default_rng(seed).normal(size=(num_classes, dim))
+    return collapse_metrics(stats_from_features(means, np.arange(num_classes), num_classes)).etf_error
+
+
+def shuffled_correlation(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
+    """The off-diagonal correlation of two (n, n) maps after relabelling the items of ``b`` at
+    random: the control that a structural correlation must beat."""
+    from ufm.theory import offdiag_correlation
+
+    perm = np.random.default_rng(seed).permutation(len(b))
+    return offdiag_correlation(a, b[np.ix_(perm, perm)])
+
+
+def restrict_classes(stats: ClassStats, classes: np.ndarray) -> ClassStats:
+    """The same statistics with every class outside ``classes`` emptied (so the metrics drop them);
+    the pooled S_W, which has no per-class parts, is kept as is."""
+    keep = torch.zeros(stats.num_classes, dtype=torch.bool, device=stats.device)
+    keep[torch.as_tensor(classes, device=stats.device)] = True
+    zero = lambda t: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, torch.zeros_like(t))  # noqa: E731
+    return ClassStats(zero(stats.counts), zero(stats.sample_counts), zero(stats.means), zero(stats.var_traces),
+                      stats.within_scatter, dict(stats.metadata, restricted_to=len(classes)))
+
+
 def metric_panels(x, rows: list[dict], panels: list[tuple[str, str, bool]], path: Path, *, xlabel: str, title: str,
                   extra: tuple[str, list] | None = None) -> str:
     """One panel per (metric key, label, log scale) of ``rows`` against ``x`` (depth, or step),
@@ -106,3 +134,32 @@ def measure_figures(stats: ClassStats, classifier, out: Path, *, cdnv_power: flo
     ax.set_title(f"{prefix}CDNV of the {len(top)} most frequent classes", fontsize=9)
     names.append(save_figure(fig, out / "cdnv_sample.png").name)
     return names
+
+
+# Columns of the printed metrics table: (key in CollapseMetrics.to_dict(), header).
+TABLE_COLUMNS = [
+    ("nc1_trace_ratio", "NC1 tr"),
+    ("cdnv_mean", "CDNV"),
+    ("norm_cov", "CoV|m|"),
+    ("log_norm_cov", "CoVlog|m|"),
+    ("cos_mean", "cos"),
+    ("cos_std", "std cos"),
+    ("etf_error", "ETF err"),
+    ("gnc_log_std", "std logK"),
+    ("dual_cos_mean", "cos(w,m)"),
+    ("dual_error", "dual err"),
+]
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """A fixed-width table, one row per (label, metrics dict); missing metrics print as '-'."""
+    width = max(len(label) for label, _ in rows)
+    head = f"{'':<{width}} " + " ".join(f"{h:>10}" for _, h in TABLE_COLUMNS)
+    lines = [head]
+    for label, metrics in rows:
+        cells = []
+        for key, _ in TABLE_COLUMNS:
+            value = metrics.get(key)
+            cells.append(f"{'-':>10}" if value is None else f"{value:>10.4g}")
+        lines.append(f"{label:<{width}} " + " ".join(cells))
+    return "\n".join(lines)

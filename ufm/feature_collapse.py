@@ -26,6 +26,7 @@ from scipy import stats as sps
 from ._validate import check_positive_int, resolve_device
 from .metrics import collapse_metrics
 from .stats import stats_from_features
+from .threads import threads_for
 
 
 @dataclass(frozen=True)
@@ -180,22 +181,24 @@ def train_feature_collapse(data: FeatureData, dim: int, *, layernorm: bool, epoc
         history.append(row)
 
     record(0, math.nan)
-    for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="feature collapse"):
-        order = torch.randperm(len(ty), generator=gen).to(dev)
-        total = 0.0
-        for i in range(0, len(ty), batch_size):
-            idx = order[i:i + batch_size]
-            ce = torch.nn.functional.cross_entropy(model(tx[idx]), ty[idx])
-            ridge = model.U.square().sum() + (0.0 if layernorm else model.W.square().sum())
-            loss = ce + 0.5 * weight_decay * ridge
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():
-                for p in (model.W, model.U):
-                    p -= lr * p.grad
-            total += float(ce.detach()) * len(idx)
-        if epoch % eval_every == 0 or epoch == epochs:
-            record(epoch, total / len(ty))
+    per_step = batch_size * task.num_latents * task.length * dim  # multiply-adds of the classifier
+    with threads_for(per_step if dev.type == "cpu" else 0):
+        for epoch in tqdm(range(1, epochs + 1), disable=not progress, desc="feature collapse"):
+            order = torch.randperm(len(ty), generator=gen).to(dev)
+            total = 0.0
+            for i in range(0, len(ty), batch_size):
+                idx = order[i:i + batch_size]
+                ce = torch.nn.functional.cross_entropy(model(tx[idx]), ty[idx])
+                ridge = model.U.square().sum() + (0.0 if layernorm else model.W.square().sum())
+                loss = ce + 0.5 * weight_decay * ridge
+                model.zero_grad(set_to_none=True)
+                loss.backward()
+                with torch.no_grad():
+                    for p in (model.W, model.U):
+                        p -= lr * p.grad
+                total += float(ce.detach()) * len(idx)
+            if epoch % eval_every == 0 or epoch == epochs:
+                record(epoch, total / len(ty))
     config = dict(dim=dim, layernorm=layernorm, epochs=epochs, lr=lr, batch_size=batch_size,
                   weight_decay=weight_decay, seed=seed)
     return FeatureCollapseResult(task, config, model.W.detach().cpu(), model.U.detach().cpu(), history,

@@ -99,8 +99,29 @@ class CollapseMetrics:
         """-1/(K-1): the pairwise cosine of a simplex ETF with the kept number of classes."""
         return -1.0 / (self.num_classes_kept - 1)
 
+    def undefined(self) -> dict[str, str]:
+        """Why each metric that is not a finite number is undefined (JSON writes them as null)."""
+        reasons = {}
+        for key, value in asdict(self).items():
+            if key == "options" or (isinstance(value, (int, float)) and math.isfinite(value)):
+                continue
+            if value is None:
+                reasons[key] = ("no classifier was given" if key.startswith(("dual", "unc"))
+                                else "riesz_s was not set" if key.startswith("riesz") else "not computed")
+            elif key.startswith("cdnv"):
+                reasons[key] = ("two kept classes have the same mean (distance 0): infinite CDNV" if value == math.inf
+                                else "two kept classes have the same mean and both variance 0 (0/0), or an "
+                                     "infinite CDNV entered the mean")
+            elif key in ("etf_error",):
+                reasons[key] = "every class mean equals the global mean: M M^T is zero"
+            elif key == "dual_error":
+                reasons[key] = "W M^T is zero: nothing to normalize"
+            else:
+                reasons[key] = "a kept class mean equals the global mean (no direction), or all do (no spread)"
+        return reasons
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return dict(asdict(self), undefined=self.undefined())
 
 
 def collapse_metrics(

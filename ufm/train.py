@@ -24,6 +24,7 @@ from .model import CHUNK_ENTRIES, FreeFeatures, TargetTensors, layer_norm_column
 from .stats import ClassStats, StatsAccumulator
 from .targets import NTPTargets
 from .theory import sparse_component_values, subspace_collapse
+from .threads import threads_for
 
 Optimizer = Literal["gd", "ngd", "adam"]
 # gd's default (None) is a backtracking line search: a fixed step that converges depends on the
@@ -202,16 +203,18 @@ def train_ufm(
     start = time.perf_counter()
     bar = tqdm(total=steps, disable=not progress, desc="ufm", unit="step")
     line_step = 1.0  # the line search's last accepted step (gd with lr None)
-    for step in range(steps + 1):
-        if step in marks:
-            history.append(monitor.record(step, model, config, track_metrics, track_subspace, observe))
-        if step == steps:
-            break
-        batch = None
-        if batch_size is not None and batch_size < m:
-            batch = torch.randperm(m, generator=batch_gen)[:batch_size].to(dev)
-        line_step = _step(opt, config, params, lambda: objective(batch), step, line_step)
-        bar.update(1)
+    per_step = targets.vocab_size * dim * min(batch_size or m, m)  # multiply-adds of the logits
+    with threads_for(per_step if dev.type == "cpu" else 0):
+        for step in range(steps + 1):
+            if step in marks:
+                history.append(monitor.record(step, model, config, track_metrics, track_subspace, observe))
+            if step == steps:
+                break
+            batch = None
+            if batch_size is not None and batch_size < m:
+                batch = torch.randperm(m, generator=batch_gen)[:batch_size].to(dev)
+            line_step = _step(opt, config, params, lambda: objective(batch), step, line_step)
+            bar.update(1)
     bar.close()
     if not math.isfinite(history[-1]["objective"]):
         raise FloatingPointError(

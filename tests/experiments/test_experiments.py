@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from lm_bridge.cli import main
+from experiments.cli import main
 
 
 @pytest.mark.parametrize("name", ["etf", "seli", "subspace-collapse", "regularization-path", "implicit-bias"])

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats as sps
 
 from lm_bridge.analysis import TableError, analyze_table, permutation_p, read_table
-from lm_bridge.cli import main
+from experiments.cli import main
 
 LC_TABLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "lc-2024_05_18.csv"
 # R^2 against validation loss in Wu & Papyan (NeurIPS 2024), as the data README quotes them.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lm_bridge.cli import main
+from experiments.cli import main
 from tests.conftest import requires_cuda
 from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
 from lm_bridge.corpus import Corpus, CorpusError, document_ids, token_blocks

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import lm_bridge.collect as collect
-from lm_bridge.cli import main
+from experiments.cli import main
 from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
 from lm_bridge.corpus import Corpus, CorpusError, token_blocks
 from lm_bridge.models import ModelLoadError, load_model
@@ -380,7 +380,7 @@ def _killed_runs(model, corpus, out, kills, seed):
     """Start `collapse measure`, SIGKILL it at a random moment after its first checkpoint, ``kills``
     times; then let it finish. Returns the number of kills that landed mid-run."""
     rng = np.random.default_rng(seed)
-    cmd = [sys.executable, "-m", "lm_bridge.cli", "measure", "--model", str(model), "--corpus", str(corpus),
+    cmd = [sys.executable, "-m", "experiments.cli", "measure", "--model", str(model), "--corpus", str(corpus),
            "--out", str(out), "--block-size", "8", "--batch-size", "1", "--checkpoint-every", "1", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     landed = 0

@@ -9,7 +9,7 @@ import pytest
 
 from experiments.linguistic_collapse import GridConfig, load_grid
 from lm_bridge import data
-from lm_bridge.cli import main
+from experiments.cli import main
 from lm_bridge.compare import CompareConfig, compare_model
 from lm_bridge.corpus import Corpus, CorpusError
 from lm_bridge.models import load_model

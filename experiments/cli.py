@@ -20,37 +20,10 @@ from pathlib import Path
 import torch
 
 import ufm
+from lm_bridge.report import format_table
 from ufm._validate import resolve_device
 from ufm.io import write_json
-
-# Columns of the printed metrics table: (key in CollapseMetrics.to_dict(), header).
-TABLE_COLUMNS = [
-    ("nc1_trace_ratio", "NC1 tr"),
-    ("cdnv_mean", "CDNV"),
-    ("norm_cov", "CoV|m|"),
-    ("log_norm_cov", "CoVlog|m|"),
-    ("cos_mean", "cos"),
-    ("cos_std", "std cos"),
-    ("etf_error", "ETF err"),
-    ("gnc_log_std", "std logK"),
-    ("dual_cos_mean", "cos(w,m)"),
-    ("dual_error", "dual err"),
-]
-
-
-def format_table(rows: list[tuple[str, dict]]) -> str:
-    """A fixed-width table, one row per (label, metrics dict); missing metrics print as '-'."""
-    width = max(len(label) for label, _ in rows)
-    head = f"{'':<{width}} " + " ".join(f"{h:>10}" for _, h in TABLE_COLUMNS)
-    lines = [head]
-    for label, metrics in rows:
-        cells = []
-        for key, _ in TABLE_COLUMNS:
-            value = metrics.get(key)
-            cells.append(f"{'-':>10}" if value is None else f"{value:>10.4g}")
-        lines.append(f"{label:<{width}} " + " ".join(cells))
-    return "\n".join(lines)
-
+from ufm.threads import set_threads
 
 def add_common(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -88,7 +61,7 @@ def add_metric_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from experiments.demo import run_demo
 
     return run_demo(args)
 
@@ -180,10 +153,10 @@ def _init_distributed(device: str) -> tuple[int, int, str]:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from .collect import NC4_POSITIONS, CollectConfig
-    from .data import open_corpus
-    from .measure import MeasureOptions, expand_checkpoints, measure_folder, measure_series, parse_layers
-    from .models import ModelLoadError, load_model
+    from lm_bridge.collect import NC4_POSITIONS, CollectConfig
+    from lm_bridge.data import open_corpus
+    from lm_bridge.measure import MeasureOptions, expand_checkpoints, measure_folder, measure_series, parse_layers
+    from lm_bridge.models import ModelLoadError, load_model
 
     paths = expand_checkpoints(args.model)
     for path in paths:  # every input is checked before any pass
@@ -215,7 +188,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         return 0
     print(f"model {loaded.path} (identity {loaded.identity}, hashed in {loaded.identity_seconds:.2f} s); "
           f"statistics state {summary['state_gib']:.3f} GiB")
-    print(format_table([(loaded.path.name, summary["metrics"]),
+    print(format_table([(summary["model"]["name"], summary["metrics"]),
                         *((f"  hidden state {i}", v["metrics"]) for i, v in summary["layers"].items())]))
     if summary["nc4_agreement"] is not None:
         which = "whose next token is a kept class" if positions == "kept" else "all labelled positions"
@@ -227,7 +200,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import CORPORA, fetch
+    from lm_bridge.data import CORPORA, fetch
 
     if args.action == "list":
         for name, what in CORPORA.items():
@@ -240,9 +213,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import open_corpus
-    from .tokenizer import corpus_tokenizer
-    from .train import TrainSpec, train_clm
+    from lm_bridge.data import open_corpus
+    from lm_bridge.tokenizer import corpus_tokenizer
+    from lm_bridge.train import TrainSpec, train_clm
 
     train, val = open_corpus(args.corpus).split()
     tokenizer = corpus_tokenizer(train, args.vocab_size)
@@ -255,9 +228,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import CompareConfig, compare_model
-    from .data import open_corpus
-    from .models import load_model
+    from lm_bridge.compare import CompareConfig, compare_model
+    from lm_bridge.data import open_corpus
+    from lm_bridge.models import load_model
 
     loaded = load_model(args.model, device=resolve_device(args.device))
     config = CompareConfig(context_length=args.context_length, min_count=args.min_count,
@@ -271,7 +244,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ufm.io import atomic_write
 
-    from .analysis import analysis_figures, analyze_table, read_table
+    from lm_bridge.analysis import analysis_figures, analyze_table, read_table
 
     rows = read_table(args.table)
     ratios = {}
@@ -305,10 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collapse",
         description="Collapse Lab: neural-collapse geometry of next-token prediction, simulated and measured.",
+        epilog="Start with `collapse demo` (the main job, ~5 min on a 2-core CPU) or `collapse COMMAND --help`.\n"
+               "Threads: --threads N (or OMP_NUM_THREADS) fixes the count; otherwise small UFM problems run\n"
+               "on one thread (faster on a small, shared CPU) and forward passes and big GEMMs on all cores.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for everything (default: chosen from the work; see below)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="the built-in default job (runs without arguments)")
+    demo = sub.add_parser("demo", help="the main job: two CLMs on Shakespeare, measured, next to the UFM (~5 min)")
     add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -335,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(sim)
     sim.set_defaults(func=cmd_simulate)
 
-    exp = sub.add_parser("experiment", help="run a reproduction: etf, seli, subspace-collapse, ...")
+    from experiments import REGISTRY
+
+    exp = sub.add_parser("experiment", help=f"run a reproduction: {', '.join(REGISTRY)}")
     exp.add_argument("name", help="experiment name (collapse experiment NAME --help for its options)")
     exp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
     exp.set_defaults(func=cmd_experiment, seed=0)
@@ -424,17 +405,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose work resumes where a killed or interrupted run stopped, when run again.
+RESUMABLE = {"measure": "the last checkpoint", "train": "the last finished epoch", "demo": "its last finished step"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
+        parser.print_help()
+        return 0
+    if args.threads is not None:
+        set_threads(args.threads)
     torch.manual_seed(args.seed)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"collapse {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        again = RESUMABLE.get(args.command)
+        hint = f"; run the same command again to resume from {again}" if again else ""
+        print(f"\ncollapse {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
