@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._common import Run, parse_args
-from ufm.convex import ntp_svm
+from ufm.convex import ntp_svm_result
 from ufm.targets import random_supports
 from ufm.train import train_ufm
 
@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
     run = Run("implicit-bias", args, config)
     targets = random_supports(config.num_contexts, config.vocab_size, config.support_size, probs="zipf",
                               seed=args.seed + 1)
-    l_mm = ntp_svm(targets.support())
+    svm = ntp_svm_result(targets.support())  # a ConvexInaccurateWarning is recorded in the results too
+    l_mm = svm.solution
     mm_nuc = float(np.linalg.norm(l_mm, "nuc"))
     start: dict[str, np.ndarray] = {}
 
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"final: cos_mm {series['cos_mm'][-1]:.4f}, pf_dist {series['pf_dist'][-1]:.3g}, "
           f"t (CE - H) over the last decade {t_gap[last].min():.3f}..{t_gap[last].max():.3f}, "
           f"relative balance drift {series['balance_drift'][-1] / series['w_norm'][-1] ** 2:.2e}")
-    return run.finish(dict(nuclear_slope=slope, lmm_nuclear=mm_nuc, decade_slopes=decades,
+    return run.finish(dict(nuclear_slope=slope, lmm_nuclear=mm_nuc, decade_slopes=decades, svm_status=svm.status,
+                           svm_solver=svm.solver,
                            steps=t.tolist(), **{k: v.tolist() for k, v in series.items()},
                            t_times_gap=t_gap.tolist(), entropy=targets.entropy))
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._common import Run, parse_args
-from ufm.convex import LogitsProblem, ntp_svm
+from ufm.convex import LogitsProblem, ntp_svm_result
 from ufm.targets import random_supports
 from ufm.theory import gram_cosine, project_f, sparse_component
 from ufm.train import train_ufm
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     targets = random_supports(config.num_contexts, config.vocab_size, config.support_size, probs="zipf",
                               seed=args.seed + 1)
     S, l_in = targets.support(), sparse_component(targets)
-    l_mm = ntp_svm(S)
+    svm = ntp_svm_result(S)
+    l_mm = svm.solution
     mm_nuc = float(np.linalg.norm(l_mm, "nuc"))
     problem = LogitsProblem(targets)
     rows = []
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     run.figure(fig, "regularization_path")
     print(f"slope of ||L||_* per unit ln(1/lambda): {slope:.4f}; ||L_mm||_* = {mm_nuc:.4f}; "
           f"per decade {slope * np.log(10):.3f} vs {mm_nuc * np.log(10):.3f}")
-    return run.finish(dict(path=rows, ufm=ufm_rows, slope=slope, lmm_nuclear_norm=mm_nuc,
+    return run.finish(dict(path=rows, ufm=ufm_rows, slope=slope, lmm_nuclear_norm=mm_nuc, svm_status=svm.status,
                            entropy=targets.entropy))
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ufm import PRESETS, ClassStats, CollapseMetrics, NC4Accumulator, StatsAccumulator, collapse_metrics
 from ufm.stats import StatsFileError, load_accumulators, save_accumulators
+from ufm.threads import threads_for
 
 from .corpus import Corpus, token_blocks
 from .models import LoadedModel, capture_unembedding_input
@@ -205,7 +206,7 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
     bar = tqdm(desc=f"collect (rank {rank})" if world > 1 else "collect", unit="tok", unit_scale=True,
                disable=not progress or rank != 0)
     since_ckpt = 0
-    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
+    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store, threads_for():
         for n_batch, (ids, lengths) in enumerate(batches(mine, config.batch_size)):
             _, hidden, states = forward_features(loaded, ids, lengths, store, hidden_states=bool(layers))
             keep = labelled_positions(ids, lengths)  # (B, T-1), built on the CPU: no device sync
@@ -287,7 +288,7 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
     correct = torch.zeros((), dtype=torch.int64, device=loaded.device)
     loss_count = 0
     bar = tqdm(desc="nc4", unit="tok", unit_scale=True, disable=not progress or rank != 0)
-    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
+    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store, threads_for():
         for ids, lengths in batches(_rank_blocks(loaded, corpus, config, block_size, rank, world), config.batch_size):
             logits, hidden, states = forward_features(loaded, ids, lengths, store, hidden_states=bool(layer_stats))
             keep = labelled_positions(ids, lengths)  # on the CPU: counting it needs no device sync

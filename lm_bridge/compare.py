@@ -29,6 +29,7 @@ from ufm.io import atomic_write, write_json  # noqa: E402
 from ufm.targets import from_transitions  # noqa: E402
 from ufm.theory import (centered_support, cosine_matrix, factor, gram_to_cosines,  # noqa: E402
                         offdiag_correlation, predicted_grams, subspace_collapse_ratio)
+from ufm.threads import threads_for  # noqa: E402
 from ufm.train import train_ufm  # noqa: E402
 
 from .collect import batches, forward_features, labelled_positions  # noqa: E402
@@ -75,7 +76,7 @@ def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, ou
     dev = loaded.device
     tokens_acc = StatsAccumulator(loaded.vocab_size, d, device=dev)
     ctx_acc = StatsAccumulator(targets.num_contexts, d, device=dev)
-    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store:
+    with torch.inference_mode(), capture_unembedding_input(loaded.model) as store, threads_for():
         for ids, lengths in batches(blocks, config.batch_size):
             _, hidden, _ = forward_features(loaded, ids, lengths, store)
             keep = labelled_positions(ids, lengths)
@@ -175,7 +176,9 @@ CONVERGED = 1e-2  # CE - H (nats) below which the UFM fit is called converged
 
 
 def _fmt(v) -> str:
-    return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def render_report(summary: dict) -> str:

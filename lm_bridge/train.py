@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ufm._validate import check_positive_int, resolve_device
 from ufm.io import atomic_directory, atomic_write
+from ufm.threads import threads_for
 
 from .corpus import Corpus, token_blocks
 from .models import quiet_transformers
@@ -116,29 +117,30 @@ def train_clm(spec: TrainSpec, tokenizer, train: Corpus, val: Corpus, out: str |
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))))
     results, first_epoch = _resume(out, spec, model, opt, schedule)
-    for epoch in range(first_epoch, spec.epochs + 1):
-        order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(spec.seed * 1000 + epoch))
-        losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{spec.name} epoch {epoch}", disable=not progress, leave=False)
-        start = time.perf_counter()
-        for step in bar:
-            ids = train_blocks[order[step * spec.batch_size:(step + 1) * spec.batch_size]].to(dev)
-            loss = model(input_ids=ids, labels=ids).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            schedule.step()
-            losses.append(float(loss.detach()))
-        val_loss = evaluate(model, val_blocks, spec.batch_size, dev)
-        path = out / f"epoch{epoch}"
-        info = dict(spec=asdict(spec), epoch=epoch, val_loss=val_loss, train_loss=sum(losses) / len(losses),
-                    train_tokens=int(train_blocks.numel()), seconds=time.perf_counter() - start)
-        _save_epoch(model, tokenizer, path, info)
-        results.append(EpochResult(epoch, val_loss, info["train_loss"], str(path)))
-        state = dict(spec=asdict(spec), epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),
-                     schedule=schedule.state_dict(), results=[asdict(r) for r in results])
-        atomic_write(out / "state.pt", lambda tmp: torch.save(state, tmp))
+    with threads_for():  # forward and backward passes: the idle cores
+        for epoch in range(first_epoch, spec.epochs + 1):
+            order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(spec.seed * 1000 + epoch))
+            losses = []
+            bar = tqdm(range(steps_per_epoch), desc=f"{spec.name} epoch {epoch}", disable=not progress, leave=False)
+            start = time.perf_counter()
+            for step in bar:
+                ids = train_blocks[order[step * spec.batch_size:(step + 1) * spec.batch_size]].to(dev)
+                loss = model(input_ids=ids, labels=ids).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                schedule.step()
+                losses.append(float(loss.detach()))
+            val_loss = evaluate(model, val_blocks, spec.batch_size, dev)
+            path = out / f"epoch{epoch}"
+            info = dict(spec=asdict(spec), epoch=epoch, val_loss=val_loss, train_loss=sum(losses) / len(losses),
+                        train_tokens=int(train_blocks.numel()), seconds=time.perf_counter() - start)
+            _save_epoch(model, tokenizer, path, info)
+            results.append(EpochResult(epoch, val_loss, info["train_loss"], str(path)))
+            state = dict(spec=asdict(spec), epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),
+                         schedule=schedule.state_dict(), results=[asdict(r) for r in results])
+            atomic_write(out / "state.pt", lambda tmp: torch.save(state, tmp))
     return results
 
 

@@ -116,6 +116,9 @@ class CollapseMetrics:
                 reasons[key] = "every class mean equals the global mean: M M^T is zero"
             elif key == "dual_error":
                 reasons[key] = "W M^T is zero: nothing to normalize"
+            elif key.startswith(("gnc", "riesz")):
+                reasons[key] = ("two kept classes have the same mean direction (an infinite kernel), or a mean "
+                                "equals the global mean")
             else:
                 reasons[key] = "a kept class mean equals the global mean (no direction), or all do (no spread)"
         return reasons
