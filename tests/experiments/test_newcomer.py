@@ -75,8 +75,10 @@ def test_threads_follow_the_work(monkeypatch):
     before = torch.get_num_threads()
     with threads_for(SMALL_WORK / 10) as n:
         assert n == 1 and torch.get_num_threads() == 1
+    assert 1 <= ufm.threads.idle_cores(0.05) <= (os.cpu_count() or 1)
+    monkeypatch.setattr(ufm.threads, "idle_cores", lambda interval=0.1: 3)  # as if 3 cores were idle
     with threads_for(SMALL_WORK * 10) as n:
-        assert n == (os.cpu_count() or 1)
+        assert n == 3 and torch.get_num_threads() == 3  # big work: the idle cores
     assert torch.get_num_threads() == before  # restored
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     torch.set_num_threads(2)
