@@ -8,7 +8,7 @@ and each collapse metric is set against validation loss with `collapse analyze`'
 means (the epochs of one run are not independent), and a permutation test over the seeds of one
 architecture. The table of models is written as models.jsonl (feed it to `collapse analyze`).
 
-    collapse experiment linguistic-collapse                       # small grid, 2-core CPU, < 30 min
+    collapse experiment linguistic-collapse                       # small grid, 2-core CPU, ~5 min
     collapse experiment linguistic-collapse --grid large --device cuda
     collapse experiment linguistic-collapse --grid my_grid.json   # keys of GridConfig
 

@@ -308,3 +308,25 @@ def test_minority_collapse_reproduces_the_reference(ratio):
 @pytest.mark.slow
 def test_minority_collapse_at_ratio_1000():
     assert minority_cos(1000) == pytest.approx(MINORITY_REFERENCE[1000], abs=0.05)
+
+
+def test_history_diagnostics_equal_numpy_from_the_logits(shared_language):
+    """cos_mm, mm_dist, pf_dist and CE - H of the training history, recomputed from L = W H with
+    dense numpy (no code shared with the monitor's chunked, support-only computations)."""
+    l_mm = ntp_svm_result(shared_language.support()).solution
+    r = train_ufm(shared_language, 16, weight_decay=1e-4, steps=400, device="cpu", snapshots=[400], l_mm=l_mm)
+    last = r.history[-1]
+    L = r.W.numpy() @ r.H.numpy()  # (V, m)
+    S, P = shared_language.support(), shared_language.dense()
+    k = S.sum(0)
+    pf = np.where(S > 0, L - (L * S).sum(0) / k, 0.0)  # P_F(L)
+    logp = np.where(P > 0, np.log(np.where(P > 0, P, 1.0)), 0.0)
+    l_in = np.where(S > 0, logp - (logp * S).sum(0) / k, 0.0)
+    perp = L - pf
+    assert last["pf_dist"] == pytest.approx(np.linalg.norm(pf - l_in), rel=1e-10)
+    assert last["cos_mm"] == pytest.approx((perp * l_mm).sum() / np.linalg.norm(perp) / np.linalg.norm(l_mm), rel=1e-10)
+    unit = L / np.linalg.norm(L) - l_mm / np.linalg.norm(l_mm)
+    assert last["mm_dist"] == pytest.approx(np.linalg.norm(unit), rel=1e-8)
+    lse = np.log(np.exp(L - L.max(0)).sum(0)) + L.max(0)
+    ce = float(shared_language.pi @ (lse - (P * L).sum(0)))
+    assert last["ce_minus_entropy"] == pytest.approx(ce - shared_language.entropy, rel=1e-9)
