@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from ufm import PRESETS, StatsAccumulator, collapse_metrics  # noqa: E402
 from ufm.io import atomic_write, write_json  # noqa: E402
@@ -157,6 +158,11 @@ def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, ou
     fig.suptitle(f"Cosine maps. Top row: the {len(top)} most frequent next tokens, by frequency. Bottom row: "
                  f"{len(order)} contexts grouped by support pattern (blocks = same support).", fontsize=10)
     save_figure(fig, out / "cosine_maps.png")
+    # The geometry itself, for reuse and checks: context j is the tuple contexts[j] of token ids.
+    atomic_write(out / "geometry.safetensors", lambda tmp: save_file(
+        {"h_model": torch.as_tensor(h_real).contiguous(), "h_ufm": torch.as_tensor(h_ufm).contiguous(),
+         "w_ufm": torch.as_tensor(w_ufm).contiguous(), "contexts": torch.tensor(contexts, dtype=torch.int64)},
+        str(tmp), metadata={"format": "collapse-lab/compare-geometry"}))
     write_json(out / "compare.json", summary)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(render_report(summary)))
     return summary

@@ -289,3 +289,48 @@ def test_cuda_collection_equals_cpu(tiny_models, tiny_corpus):
                           Corpus.open(tiny_corpus), config, progress=False) for dev in ("cpu", "cuda")]
     assert runs[1].stats.device.type == "cuda"
     assert_same_stats(runs[1].stats.to("cpu"), runs[0].stats, rtol=1e-9)
+
+
+def test_measure_figures_plot_the_right_data(monkeypatch, tmp_path):
+    """Figures are checked by the arrays they draw: the CDNV map of the most frequent classes
+    (log10, diagonal blank), the norms against counts, the NC3 cosines (independent numpy)."""
+    import matplotlib.axes
+
+    from lm_bridge.report import measure_figures
+
+    rng = np.random.default_rng(0)
+    k, d = 12, 5
+    y = np.concatenate([np.arange(k), rng.integers(0, k, 300)])
+    h = rng.normal(size=(k, d))[y] * 3 + rng.normal(size=(len(y), d))
+    W = rng.normal(size=(k, d))
+    stats = stats_from_features(h, y, k)
+    drawn = {}
+
+    def record(method: str, name: str):
+        real = getattr(matplotlib.axes.Axes, method)
+
+        def wrapper(self, *args, **kwargs):
+            drawn[name] = [np.array(a) for a in args if not isinstance(a, str)]
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(matplotlib.axes.Axes, method, wrapper)
+
+    record("imshow", "cdnv")
+    record("hist", "dual")
+    record("loglog", "norms")
+    measure_figures(stats, torch.as_tensor(W), tmp_path, cdnv_power=2.0, sample=6)
+    counts = np.bincount(y, minlength=k)
+    top = np.sort(np.argsort(-counts, kind="stable")[:6])
+    mu = np.stack([h[y == c].mean(0) for c in range(k)])
+    var = np.array([((h[y == c] - mu[c]) ** 2).sum(1).mean() for c in range(k)])
+    want = np.full((6, 6), np.nan)
+    for i, a in enumerate(top):
+        for j, b in enumerate(top):
+            if i != j:
+                want[i, j] = np.log10((var[a] + var[b]) / (2 * np.sum((mu[a] - mu[b]) ** 2)))
+    np.testing.assert_allclose(drawn["cdnv"][0], want, rtol=1e-10)
+    m = mu - mu.mean(0)
+    np.testing.assert_allclose(drawn["norms"][1], np.linalg.norm(m, axis=1), rtol=1e-10)
+    np.testing.assert_allclose(drawn["norms"][0], counts, rtol=1e-12)
+    cos = (W * m).sum(1) / np.linalg.norm(W, axis=1) / np.linalg.norm(m, axis=1)
+    np.testing.assert_allclose(np.sort(drawn["dual"][0]), np.sort(cos), rtol=1e-10)

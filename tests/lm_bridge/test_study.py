@@ -167,3 +167,30 @@ def test_cli_train_and_data_errors(tiny_corpus, tmp_path, capsys, monkeypatch):
     assert main(["train", "--corpus", str(tiny_corpus), "--block-size", "100000", "--vocab-size", "300",
                  "--out", str(tmp_path / "big")]) == 2
     assert "fewer than one block of 100000" in capsys.readouterr().err
+
+
+def test_compare_context_means_equal_a_direct_computation(tiny_models, tiny_corpus, tmp_path):
+    """h_j of the real model is the mean last hidden state at the last token of each occurrence of
+    context j; recomputed here block by block from output_hidden_states (one position late fails)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lm_bridge.corpus import token_blocks
+
+    loaded = load_model(tiny_models["gpt2"])
+    config = CompareConfig(min_count=2, max_contexts=30, block_size=32, steps=50, heatmap_size=10)
+    compare_model(loaded, Corpus.open(tiny_corpus), config, tmp_path, device="cpu", progress=False)
+    geometry = load_file(tmp_path / "geometry.safetensors")
+    contexts = [tuple(c) for c in geometry["contexts"].tolist()]
+    sums = {c: torch.zeros(16, dtype=torch.float64) for c in contexts}
+    counts = dict.fromkeys(contexts, 0)
+    with torch.no_grad():
+        for block in token_blocks(Corpus.open(tiny_corpus), loaded.tokenizer, 32):
+            hidden = loaded.model(input_ids=torch.tensor([block]), output_hidden_states=True).hidden_states[-1][0]
+            for t in range(1, len(block) - 1):  # context = tokens t-1, t; it has a next token
+                c = (block[t - 1], block[t])
+                if c in sums:
+                    sums[c] += hidden[t].double()
+                    counts[c] += 1
+    want = torch.stack([sums[c] / counts[c] for c in contexts], 1)  # (d, m)
+    torch.testing.assert_close(geometry["h_model"], want, rtol=1e-5, atol=1e-6)
