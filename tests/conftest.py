@@ -13,6 +13,8 @@ from hypothesis import settings
 os.environ["COLLAPSE_LAB_CACHE"] = tempfile.mkdtemp(prefix="collapse-lab-test-cache-")
 torch.set_num_threads(1)  # small element-wise work on a 2-core CPU is ~10x faster on one thread
 settings.register_profile("collapse", deadline=None, max_examples=25, derandomize=True)
+# Occasional deep runs: `pytest --hypothesis-profile thorough` (randomized, 500 examples a property).
+settings.register_profile("thorough", deadline=None, max_examples=500, derandomize=False)
 settings.load_profile("collapse")
 
 

@@ -119,6 +119,8 @@ class CollapseMetrics:
             elif key.startswith(("gnc", "riesz")):
                 reasons[key] = ("two kept classes have the same mean direction (an infinite kernel), or a mean "
                                 "equals the global mean")
+            elif value == math.inf:
+                reasons[key] = "the mean it is divided by is 0 (a coefficient of variation of a zero mean)"
             else:
                 reasons[key] = "a kept class mean equals the global mean (no direction), or all do (no spread)"
         return reasons
@@ -244,8 +246,11 @@ def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) 
 
 
 def _ratio(num: float, den: float) -> float:
-    """num / den; NaN when den is 0 (every class mean at the global mean: no spread is defined)."""
-    return num / den if den != 0 else math.nan
+    """num / den as IEEE defines it, without Python's ZeroDivisionError: a spread over a zero mean is
+    infinite, and 0 / 0 (every class mean at the global mean) is NaN."""
+    if den != 0:
+        return num / den
+    return math.inf if num > 0 else math.nan
 
 
 def _mean_std(x: torch.Tensor, ddof: int = 0) -> tuple[float, float]:

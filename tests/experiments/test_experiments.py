@@ -104,3 +104,14 @@ def test_linguistic_collapse_grid_on_a_local_corpus(tmp_path):
     assert len(models) == 8 and {"name", "epoch", "val_loss", "cdnv_mean"} <= set(models[0])
     # The epochs of one run are grouped: 4 runs of 2 epochs each.
     assert results["analysis"]["cdnv_mean"]["group_n"] == 4
+
+
+def test_quick_regularization_path_slope_is_the_lmm_nuclear_norm(tmp_path):
+    main(["experiment", "regularization-path", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["slope"] == pytest.approx(r["lmm_nuclear_norm"], rel=0.05)  # Zhao et al.: slope -> ||L_mm||_*
+    pf = [row["pf_dist"] for row in r["path"]]
+    cos = [row["cos_mm"] for row in r["path"]]
+    assert all(a > b for a, b in zip(pf, pf[1:])) and all(a < b for a, b in zip(cos[2:], cos[3:]))
+    assert all(row["solver"] == "FISTA" and row["duality_gap"] < 1e-8 for row in r["path"])
+    assert r["svm_status"] == "optimal"

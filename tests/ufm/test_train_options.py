@@ -1,0 +1,50 @@
+"""train_ufm's options, each against what it promises (issue 16, item 5)."""
+
+import numpy as np
+import pytest
+import torch
+
+from ufm.targets import one_hot, random_supports
+from ufm.train import train_ufm
+
+T = random_supports(12, 6, (1, 3), probs="zipf", seed=2)
+
+
+def test_bias_is_learned_and_enters_the_logits():
+    r = train_ufm(T, 4, weight_decay=1e-3, steps=300, bias=True, device="cpu", snapshots=[300])
+    assert r.bias is not None and float(r.bias.abs().max()) > 1e-3
+    np.testing.assert_allclose(r.logits(), (r.W @ r.H).numpy() + r.bias.numpy()[:, None], rtol=1e-12)
+    assert r.history[-1]["ce_minus_entropy"] < r.history[0]["ce_minus_entropy"]
+
+
+def test_float32_follows_float64():
+    a = train_ufm(T, 4, weight_decay=1e-3, steps=3000, device="cpu", snapshots=[3000])
+    b = train_ufm(T, 4, weight_decay=1e-3, steps=3000, dtype="float32", device="cpu", snapshots=[3000])
+    assert b.W.dtype == torch.float32 and a.W.dtype == torch.float64
+    # Both converge to the same optimum; float32 agrees to its precision there.
+    assert b.history[-1]["objective"] == pytest.approx(a.history[-1]["objective"], rel=1e-5)
+
+
+def test_layernorm_alone_normalizes_the_features_and_leaves_h_unregularized():
+    r = train_ufm(T, 4, weight_decay=1e-3, steps=200, layernorm=True, device="cpu", snapshots=[200])
+    F = r.features().numpy()
+    np.testing.assert_allclose(F.mean(0), 0.0, atol=1e-10)
+    np.testing.assert_allclose((F ** 2).mean(0), 1.0, rtol=1e-3)  # LN without affine: norm sqrt(d)
+    last = r.history[-1]
+    assert last["objective"] == pytest.approx(last["ce"] + 0.5e-3 * last["w_norm"] ** 2, rel=1e-12)
+
+
+def test_init_scale_sets_the_starting_norms():
+    small = train_ufm(T, 4, weight_decay=1e-3, steps=0, init_scale=1e-3, device="cpu", snapshots=[0])
+    large = train_ufm(T, 4, weight_decay=1e-3, steps=0, init_scale=1.0, device="cpu", snapshots=[0])
+    ratio = large.history[0]["w_norm"] / small.history[0]["w_norm"]
+    assert ratio == pytest.approx(1000.0, rel=1e-12)  # same seed, scaled draws
+    # Near-zero logits: the softmax is uniform, CE = log V.
+    assert small.history[0]["ce_minus_entropy"] == pytest.approx(np.log(6) - T.entropy, abs=1e-4)
+
+
+def test_minibatches_reach_the_full_batch_optimum():
+    t = one_hot([4] * 5)
+    full = train_ufm(t, 8, weight_decay=5e-3, steps=3000, device="cpu", snapshots=[3000])
+    mini = train_ufm(t, 8, weight_decay=5e-3, steps=3000, batch_size=10, device="cpu", snapshots=[3000])
+    assert mini.history[-1]["objective"] == pytest.approx(full.history[-1]["objective"], rel=1e-2)
