@@ -115,3 +115,23 @@ def test_quick_regularization_path_slope_is_the_lmm_nuclear_norm(tmp_path):
     assert all(a > b for a, b in zip(pf, pf[1:])) and all(a < b for a, b in zip(cos[2:], cos[3:]))
     assert all(row["solver"] == "FISTA" and row["duality_gap"] < 1e-8 for row in r["path"])
     assert r["svm_status"] == "optimal"
+
+
+def test_etf_figure_plots_the_spread_not_the_mean_cosine(tmp_path, monkeypatch):
+    """The mean pair cosine is -1/(K-1) at initialization too; the panel must show cos_std."""
+    import matplotlib.axes
+
+    plotted = []
+    real = matplotlib.axes.Axes.loglog
+
+    def record(self, x, y, *args, **kwargs):
+        plotted.append(np.asarray(y, dtype=float))
+        return real(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "loglog", record)
+    main(["experiment", "etf", "--quick", "--device", "cpu", "--out", str(tmp_path)])
+    history = json.loads((tmp_path / "results.json").read_text())["history"][1:]
+    cos_std = np.maximum([h["metrics"]["cos_std"] for h in history], 1e-16)
+    cos_mean = np.array([h["metrics"]["cos_mean"] for h in history])
+    assert any(np.allclose(p, cos_std) for p in plotted)
+    assert not any(len(p) == len(cos_mean) and np.allclose(p, cos_mean) for p in plotted)
