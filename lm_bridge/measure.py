@@ -21,7 +21,8 @@ from typing import Any
 import ufm
 from ufm.io import atomic_write, write_json
 
-from .collect import CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, resolve_layers
+from .collect import (CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, resolve_layers,
+                      state_bytes)
 from .corpus import Corpus
 from .models import LoadedModel, load_model
 from .report import measure_figures, metric_panels
@@ -107,7 +108,7 @@ def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Colle
         corpus=dict(path=str(corpus.root), identity=result.stats.metadata["corpus_identity"],
                     heldout=None if heldout is None else str(heldout.root)),
         tokens=result.tokens, blocks=result.blocks, collect=result.stats.metadata, seconds=result.seconds,
-        state_gib=(1 + len(result.layers)) * 8 * (loaded.vocab_size * loaded.hidden_size) / 2**30,
+        state_gib=(1 + len(result.layers)) * state_bytes(loaded.vocab_size, loaded.hidden_size) / 2**30,
         figures=figures,
     )
     write_json(out / "metrics.json", summary)
