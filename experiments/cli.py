@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -171,18 +171,17 @@ def cmd_measure(args: argparse.Namespace) -> int:
     positions = args.nc4_positions or NC4_POSITIONS.get(args.preset, "all")
     mopts = MeasureOptions(options, args.preset, positions, args.overwrite)
     print(describe_options(args.preset, options))
+    config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
+                           checkpoint_every=args.checkpoint_every)
     if len(paths) > 1:
-        first = load_model(paths[0], device=resolve_device(device))
-        config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                               checkpoint_every=args.checkpoint_every, layers=parse_layers(args.layers, first))
-        rows = measure_series(paths, corpus, args.out, config, mopts, heldout=heldout, device=resolve_device(device))
+        rows = measure_series(paths, corpus, args.out, config, mopts, layers=args.layers, heldout=heldout,
+                              device=resolve_device(device))
         if rank == 0:
             print(format_table([(f"{r['name']} (step {r['step']})", r) for r in rows]))
             print(f"wrote {args.out}/series.csv ({len(rows)} checkpoints) and metrics_vs_step.png")
         return 0
     loaded = load_model(paths[0], device=resolve_device(device))
-    config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
-                           checkpoint_every=args.checkpoint_every, layers=parse_layers(args.layers, loaded))
+    config = replace(config, layers=parse_layers(args.layers, loaded))
     summary = measure_folder(loaded, corpus, args.out, config, mopts, heldout=heldout)
     if summary is None:
         return 0

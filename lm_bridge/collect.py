@@ -159,8 +159,13 @@ def _rank_blocks(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, blo
     return (b for i, b in enumerate(blocks) if i % world == rank)
 
 
+def layer_name(index: int) -> str:
+    """The name of hidden state ``index``'s statistics (in checkpoints, metadata and file names)."""
+    return f"layer_{index:02d}"
+
+
 def _names(layers: tuple[int, ...]) -> list[str]:
-    return [FINAL, *(f"layer_{i:02d}" for i in layers)]
+    return [FINAL, *map(layer_name, layers)]
 
 
 def _load_checkpoint(path: Path, identity: dict, dev, names: list[str]):
@@ -213,7 +218,7 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
             n_tokens = int(keep.sum())
             keep = keep.to(dev, non_blocking=True)
             labels = ids[:, 1:].to(dev, non_blocking=True)[keep]
-            features = {FINAL: hidden, **{f"layer_{i:02d}": states[i] for i in layers}}
+            features = {FINAL: hidden, **{layer_name(i): states[i] for i in layers}}
             for name, h in features.items():
                 try:
                     accs[name].update(h[:, :-1][keep], labels)
@@ -241,7 +246,7 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
                 resolved_block_size=block_size)
     stats = {n: acc.compute(metadata=dict(meta, layer=n)) for n, acc in accs.items()}
     return CollectResult(stats[FINAL], tokens, blocks_done, resumed, time.perf_counter() - start,
-                         {i: stats[f"layer_{i:02d}"] for i in layers})
+                         {i: stats[layer_name(i)] for i in layers})
 
 
 def _merge_ranks(accs: dict[str, StatsAccumulator], blocks: int, tokens: int, loaded: LoadedModel):

@@ -14,15 +14,15 @@ import csv
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import ufm
 from ufm.io import atomic_write, write_json
 
-from .collect import (CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, resolve_layers,
-                      state_bytes)
+from .collect import (CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, layer_name,
+                      resolve_layers, state_bytes)
 from .corpus import Corpus
 from .models import LoadedModel, load_model
 from .report import measure_figures, metric_panels
@@ -84,7 +84,7 @@ def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Colle
     result.stats.save(out / "stats.safetensors")
     layers = {}
     for i, stats in result.layers.items():
-        stats.save(out / "layers" / f"layer_{i:02d}.safetensors")
+        stats.save(out / "layers" / f"{layer_name(i)}.safetensors")
         # The classifier meets the last hidden state only: NC3 is not defined for inner layers.
         layers[str(i)] = dict(metrics=ufm.collapse_metrics(stats, **options.metrics).to_dict(),
                               nc4_agreement=None if nc4 is None else nc4.layers.get(i))
@@ -156,14 +156,17 @@ def expand_checkpoints(paths: list[Path]) -> list[Path]:
 
 
 def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions, *,
-                   heldout: Corpus | None = None, device="cpu", progress: bool = True) -> list[dict[str, Any]]:
-    """Each checkpoint into ``out/<name>/`` on the same token blocks; series.csv and figures."""
+                   layers: str | None = None, heldout: Corpus | None = None, device="cpu",
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Each checkpoint into ``out/<name>/`` on the same token blocks; series.csv and figures.
+    ``layers`` is the --layers spec, resolved against each checkpoint as it is loaded."""
     rows = []
     for path in paths:
         step, source = checkpoint_step(path)
         loaded = load_model(path, device=device)
         folder = out / path.name
-        summary = measure_folder(loaded, corpus, folder, config, options, heldout=heldout, progress=progress)
+        summary = measure_folder(loaded, corpus, folder, replace(config, layers=parse_layers(layers, loaded)), options,
+                                 heldout=heldout, progress=progress)
         if summary is None:
             continue
         m = summary["metrics"]

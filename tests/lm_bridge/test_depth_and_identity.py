@@ -169,13 +169,14 @@ def test_checkpoint_series_of_one_training_run(tiny_corpus, tmp_path, capsys):
     results = train_clm(spec, train_bpe_tokenizer(LINES, 300), train, val, run, device="cpu", progress=False)
     out = tmp_path / "series"
     assert main(["measure", "--model", str(run), "--corpus", str(tiny_corpus), "--heldout", str(tiny_corpus / "doc3.txt"),
-                 "--out", str(out), "--device", "cpu", "--preset", "lc2024"]) == 0
+                 "--out", str(out), "--device", "cpu", "--preset", "lc2024", "--layers", "0"]) == 0
     rows = list(csv.DictReader((out / "series.csv").read_text().splitlines()))
     assert [r["name"] for r in rows] == ["epoch1", "epoch2", "epoch3"] and [r["step"] for r in rows] == ["1", "2", "3"]
     for r, trained in zip(rows, results):
         folder = json.loads((out / r["name"] / "metrics.json").read_text())
         assert float(r["cdnv_mean"]) == pytest.approx(folder["metrics"]["cdnv_mean"], rel=1e-12)
         assert float(r["val_loss"]) == pytest.approx(folder["val_loss"], rel=1e-12)
+        assert list(folder["layers"]) == ["0"] and (out / r["name"] / "layers" / "layer_00.safetensors").is_file()
         assert folder["corpus"]["identity"] == json.loads((out / "epoch1" / "metrics.json").read_text())["corpus"]["identity"]
     assert len({r["identity"] for r in rows}) == 3  # three weights, three identities
     assert (out / "metrics_vs_step.png").stat().st_size > 0
