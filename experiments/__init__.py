@@ -9,4 +9,10 @@ REGISTRY = {
     "implicit-bias": "experiments.implicit_bias",
     "linguistic-collapse": "experiments.linguistic_collapse",
     "feature-collapse": "experiments.feature_collapse",
+    "deep-linear": "experiments.deep_linear",
+    "perturbation": "experiments.perturbation",
+    "mixup": "experiments.mixup",
+    "softmax-code": "experiments.softmax_code",
+    "linear-model": "experiments.linear_model",
+    "semantic-geometry": "experiments.semantic_geometry",
 }

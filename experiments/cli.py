@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import ufm
@@ -105,13 +106,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ufm.train import train_ufm
 
     targets = simulation_targets(args)
+    h0 = None
+    if args.features in ("perturbed", "fixed_h"):
+        # The anchor (perturbed) or the frozen features (fixed_h): a Gaussian H0 drawn from --seed.
+        h0 = np.random.default_rng(args.seed).standard_normal((args.dim, targets.num_contexts))
     result = train_ufm(
         targets, args.dim, weight_decay=args.weight_decay, steps=args.steps, lr=args.lr,
         optimizer=args.optimizer, bias=args.bias, layernorm=args.layernorm, batch_size=args.batch_size,
+        loss=args.loss, label_smoothing=args.label_smoothing, mixup_alpha=args.mixup_alpha,
+        features=args.features, feature_decay=args.feature_decay, depth=args.depth, beta=args.beta,
+        radius=args.radius, normalize=args.normalize, h0=h0,
         device=args.device, seed=args.seed, snapshots=args.snapshots, track_metrics=True, progress=True,
     )
     rows = [(f"step {h['step']}", h["metrics"]) for h in result.history if "metrics" in h]
-    print(f"{args.targets} targets: {targets.describe()}")
+    print(f"{args.targets} targets: {targets.describe()}; loss {args.loss}, features {args.features}")
     print(format_table(rows))
     last = result.history[-1]
     print(f"objective {last['objective']:.6g}, CE - H {last['ce_minus_entropy']:.3g}, "
@@ -310,6 +318,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--bias", action="store_true")
     sim.add_argument("--layernorm", action="store_true")
     sim.add_argument("--snapshots", type=int, default=6)
+    family = sim.add_argument_group("the UFM family (train_ufm; undefined combinations are refused)")
+    family.add_argument("--loss", choices=["ce", "mse"], default="ce")
+    family.add_argument("--label-smoothing", type=float, default=0.0, help="eps (loss ce)")
+    family.add_argument("--mixup-alpha", type=float, default=None, help="mixup with Beta(alpha, alpha) (loss ce)")
+    family.add_argument("--features", choices=["free", "deep_linear", "perturbed", "normalized", "fixed_h"],
+                        default="free", help="perturbed / fixed_h use a Gaussian H0 drawn from --seed")
+    family.add_argument("--feature-decay", type=float, default=None, help="lambda_H (default: --weight-decay)")
+    family.add_argument("--depth", type=int, default=0, help="deep_linear: trained layers")
+    family.add_argument("--beta", type=float, default=0.0, help="perturbed: (beta/2)||H - H0||^2")
+    family.add_argument("--radius", type=float, default=1.0, help="normalized: sphere radius")
+    family.add_argument("--normalize", choices=["features", "words", "both"], default="both",
+                        help="normalized: which vectors lie on the sphere")
     add_common(sim)
     sim.set_defaults(func=cmd_simulate)
 

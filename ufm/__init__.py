@@ -5,8 +5,8 @@
 
 import importlib
 
-from . import feature_collapse, targets, theory
-from .metrics import PRESETS, CollapseMetrics, MetricOptions, collapse_metrics, nc1_trace_ratio
+from . import feature_collapse, losses, targets, theory
+from .metrics import PRESETS, CollapseMetrics, MetricOptions, collapse_metrics, nc1_trace_ratio, variability_ratio
 from .nc4 import NC4Accumulator, nc4_agreement, nearest_class_mean
 from .stats import ClassStats, StatsAccumulator, StatsFileError, stats_from_features
 from .targets import NTPTargets
@@ -28,6 +28,7 @@ __all__ = [
     "collapse_metrics",
     "convex",
     "feature_collapse",
+    "losses",
     "nc1_trace_ratio",
     "nc4_agreement",
     "nearest_class_mean",
@@ -35,6 +36,7 @@ __all__ = [
     "targets",
     "theory",
     "train_ufm",
+    "variability_ratio",
 ]
 
 

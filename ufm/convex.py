@@ -293,3 +293,19 @@ def linear_finite_component(targets: NTPTargets, H: np.ndarray, *, solver: str |
     rhs = (logp - logp[anchor])[rest]
     problem = cp.Problem(cp.Minimize(cp.sum_squares(W)), [lhs == rhs])
     return _solve(problem, W, choose_solver(0, solver), "finite component with fixed H (not NTP_H-compatible?)")
+
+
+def hull_distances(W: np.ndarray, *, solver: str | None = None) -> np.ndarray:
+    """(K,) dist(w_k, conv{w_j : j != k}) for the rows of W (K, d); their minimum is rho(W), the quantity
+    the softmax code maximizes (Jiang et al., ICML 2024)."""
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 2 or len(W) < 2:
+        raise ValueError(f"W must be (K, d) with K >= 2 rows, got shape {W.shape}")
+    out = np.empty(len(W))
+    for k in range(len(W)):
+        others = np.delete(W, k, axis=0)  # (K-1, d)
+        a = cp.Variable(len(others), nonneg=True)
+        problem = cp.Problem(cp.Minimize(cp.sum_squares(W[k] - others.T @ a)), [cp.sum(a) == 1])
+        point = _solve(problem, a, choose_solver(0, solver), "distance to a convex hull").solution @ others
+        out[k] = np.linalg.norm(W[k] - point)
+    return out

@@ -245,6 +245,14 @@ def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) 
     return float((projected / evals[keep]).sum()) / k
 
 
+def variability_ratio(stats: ClassStats) -> float:
+    """Tr S_W / Tr S_B, S_B over the classes present around the mean of their means: the scalar
+    within-class variability of Tirer, Huang & Niles-Weed (2023); 0 at NC1."""
+    means = stats.means[stats.sample_counts > 0]  # (K', D)
+    between = float((means - means.mean(0)).square().sum()) / len(means)
+    return _ratio(float(torch.trace(stats.within_scatter)), between)
+
+
 def _ratio(num: float, den: float) -> float:
     """num / den as IEEE defines it, without Python's ZeroDivisionError: a spread over a zero mean is
     infinite, and 0 / 0 (every class mean at the global mean) is NaN."""

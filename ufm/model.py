@@ -1,4 +1,4 @@
-"""The free-features model of next-token prediction and its soft-label cross-entropy.
+"""The unconstrained-features models of next-token prediction and their soft-label cross-entropy.
 
     CE(W, H) = sum_j pi_j [ logsumexp_z (W h_j + b)_z  -  sum_z p_jz (W h_j + b)_z ]
 
@@ -118,26 +118,92 @@ def layer_norm_columns(H: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.layer_norm(H.T, (H.shape[0],)).T
 
 
-class FreeFeatures(torch.nn.Module):
-    """Free word embeddings W (V, d), context embeddings H (d, m), optional bias, optional LayerNorm
-    on the columns of H and on the rows of W."""
+def sphere_columns(H: torch.Tensor, radius: float) -> torch.Tensor:
+    """Each column h_j scaled to norm ``radius`` (a zero column stays 0)."""
+    return radius * H / H.norm(dim=0, keepdim=True).clamp_min(1e-300)
+
+
+# The feature models (train_ufm's ``features``): how the context features meet the word embeddings.
+FEATURE_MODELS = ("free", "deep_linear", "perturbed", "normalized", "fixed_h")
+NORMS = (None, "layernorm", "sphere")
+
+
+class UFMModel(torch.nn.Module):
+    """Word embeddings W (V, d) and context features, one module for the whole UFM family:
+
+    - free: H (d, m) a parameter (today's UFM);
+    - deep linear (``depth`` = L >= 1): features W_L ... W_1 H, every factor trained (Dang et al. 2023);
+    - perturbed (``beta`` > 0): H kept near the anchor ``h0`` by (beta/2)||H - H0||^2 (Tirer et al. 2023);
+    - normalized: features and/or words on a sphere of radius ``radius`` (Jiang et al. 2024);
+    - fixed H (``fix_h``): H = ``h0`` frozen, only W trained (Thrampoulidis 2024), or, with ``depth``,
+      W and the layers on top of the fixed inputs H (a deep linear network on given inputs);
+    - ``words`` given: W frozen at it (a fixed classifier, e.g. a simplex ETF).
+    ``feature_norm`` / ``word_norm``: None, "layernorm" (Laurent et al. 2024) or "sphere".
+    """
 
     def __init__(self, vocab_size: int, num_contexts: int, dim: int, *, bias: bool = False,
-                 layernorm: bool = False, word_layernorm: bool = False, init_scale: float = 0.1,
+                 feature_norm: str | None = None, word_norm: str | None = None, radius: float = 1.0,
+                 depth: int = 0, layer_init: str = "identity", beta: float = 0.0, h0: torch.Tensor | None = None, fix_h: bool = False,
+                 words: torch.Tensor | None = None, init_scale: float = 0.1,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64):
         super().__init__()
         # Drawn on the CPU from the generator, so a seed gives the same start on any device.
-        self.W = torch.nn.Parameter(init_scale * torch.randn(vocab_size, dim, generator=generator, dtype=dtype))
-        self.H = torch.nn.Parameter(init_scale * torch.randn(dim, num_contexts, generator=generator, dtype=dtype))
+        W = init_scale * torch.randn(vocab_size, dim, generator=generator, dtype=dtype)
+        H = init_scale * torch.randn(dim, num_contexts, generator=generator, dtype=dtype) if h0 is None \
+            else h0.to(dtype).clone()
+        # Frozen factors are buffers: they move with .to() and get no gradient.
+        if words is None:
+            self.W = torch.nn.Parameter(W)
+        else:
+            self.register_buffer("W", words.to(dtype).clone())
+        if fix_h:
+            self.register_buffer("H", H)
+        else:
+            self.H = torch.nn.Parameter(H)
+        # Deep linear factors start near the identity (a product of L small random matrices vanishes),
+        # or, "random", small as a network on fixed inputs does (the sequential learning of Saxe et al.).
+        eye = torch.eye(dim, dtype=dtype) if layer_init == "identity" else torch.zeros(dim, dim, dtype=dtype)
+        self.layers = torch.nn.ParameterList(
+            eye + init_scale * torch.randn(dim, dim, generator=generator, dtype=dtype) / dim ** 0.5 for _ in range(depth))
+        self.beta = beta
+        if beta > 0:
+            self.register_buffer("anchor", H.clone())  # H0
         self.bias = torch.nn.Parameter(torch.zeros(vocab_size, dtype=dtype)) if bias else None
-        self.layernorm = layernorm
-        self.word_layernorm = word_layernorm
+        self.feature_norm, self.word_norm, self.radius = feature_norm, word_norm, radius
+
+    def _norm(self, X: torch.Tensor, how: str | None) -> torch.Tensor:
+        if how == "layernorm":
+            return layer_norm_columns(X)
+        return sphere_columns(X, self.radius) if how == "sphere" else X
 
     def words(self) -> torch.Tensor:
-        """The word embeddings that meet the features: rows of W (or LN of them), (V, d)."""
-        return layer_norm_columns(self.W.T).T if self.word_layernorm else self.W
+        """The word embeddings that meet the features, (V, d)."""
+        return self._norm(self.W.T, self.word_norm).T
+
+    def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The features after each layer of the deep linear model: [H, W_1 H, ..., W_L ... W_1 H] (d, B)."""
+        out = [self.H if batch is None else self.H[:, batch]]
+        for layer in self.layers:
+            out.append(layer @ out[-1])
+        return out
 
     def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
-        """The context features that meet W: columns of H (or LN(H)), (d, B)."""
+        """The context features that meet W, (d, B)."""
+        return self._norm(self.layer_features(batch)[-1], self.feature_norm)
+
+    def penalty(self, weight_decay: float, feature_decay: float, batch: torch.Tensor | None = None,
+                scale: float = 1.0) -> torch.Tensor:
+        """(lambda_W/2)(||W||^2 + sum_l ||W_l||^2) + (lambda_H/2)||H||^2 + (beta/2)||H - H0||^2, leaving
+        out frozen and normalized factors; the per-context terms of a minibatch are scaled by ``scale``."""
+        total = torch.zeros((), dtype=self.H.dtype, device=self.H.device)
+        if self.W.requires_grad and self.word_norm is None:
+            total = total + weight_decay * self.W.square().sum()
+        for layer in self.layers:
+            total = total + weight_decay * layer.square().sum()
         H = self.H if batch is None else self.H[:, batch]
-        return layer_norm_columns(H) if self.layernorm else H
+        if self.H.requires_grad and self.feature_norm is None:
+            total = total + scale * feature_decay * H.square().sum()
+        if self.beta > 0:
+            anchor = self.anchor if batch is None else self.anchor[:, batch]
+            total = total + scale * self.beta * (H - anchor).square().sum()
+        return 0.5 * total

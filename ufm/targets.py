@@ -158,6 +158,51 @@ def one_hot(counts) -> NTPTargets:
                       np.ones(m), len(counts))
 
 
+def hierarchical_language(broad: int = 2, fine: int = 3, words: int = 4, *,
+                          broad_contexts: int = 8) -> tuple[NTPTargets, dict[str, np.ndarray]]:
+    """A language of nested concepts: ``broad`` categories, each split into ``fine`` ones of ``words``
+    interchangeable words (V = broad * fine * words). Contexts select a category: fine category f has
+    f + 1 contexts whose next word is uniform on its words, broad category b has broad_contexts (b + 1)
+    contexts uniform on all of its words (unequal counts keep S~'s singular values apart; many broad
+    contexts make the broad split S~'s top direction and the gradient's alike). pi is uniform.
+
+    Returns the targets and each word's ground-truth labels, {"broad": (V,), "fine": (V,)}."""
+    B, F, n = (check_positive_int(v, name, minimum=2) for v, name in ((broad, "broad"), (fine, "fine"), (words, "words")))
+    fine_of = np.repeat(np.arange(B * F), n)  # (V,)
+    broad_of = fine_of // F
+    supports = [np.flatnonzero(fine_of == f) for f in range(B * F) for _ in range(f + 1)]
+    reps = check_positive_int(broad_contexts, "broad_contexts")
+    supports += [np.flatnonzero(broad_of == b) for b in range(B) for _ in range(reps * (b + 1))]
+    tokens = np.concatenate(supports).astype(np.int64)
+    contexts = np.concatenate([np.full(len(s), j) for j, s in enumerate(supports)]).astype(np.int64)
+    probs = np.concatenate([np.full(len(s), 1.0 / len(s)) for s in supports])
+    m = len(supports)
+    return NTPTargets(np.full(m, 1.0 / m), tokens, contexts, probs, B * F * n), dict(broad=broad_of, fine=fine_of)
+
+
+def mixup_pairs(num_classes: int, lambdas) -> tuple[NTPTargets, np.ndarray]:
+    """Mixup's unconstrained-features model (Fisher, Meng & Papyan 2024): one context per mixed example,
+    its target lam e_i + (1 - lam) e_k, for every class pair i <= k and every lam in ``lambdas`` (0 < lam < 1).
+    Same-class pairs (i = k) have the one-hot target e_i whatever lam. pi is uniform.
+
+    Returns the targets and (m, 3) rows (i, k, lam) describing each context."""
+    K = check_positive_int(num_classes, "num_classes", minimum=2)
+    lams = np.asarray(lambdas, dtype=np.float64).ravel()
+    if lams.size == 0 or np.any(~(lams > 0) | ~(lams < 1)):
+        raise ValueError(f"lambdas must lie strictly between 0 and 1, got {lams.tolist()}")
+    rows = np.array([(i, k, lam) for i in range(K) for k in range(i, K) for lam in lams])
+    tokens, contexts, probs = [], [], []
+    for j, (i, k, lam) in enumerate(rows):
+        pair = [(int(i), 1.0)] if i == k else [(int(i), lam), (int(k), 1.0 - lam)]
+        for z, p in pair:
+            tokens.append(z)
+            contexts.append(j)
+            probs.append(p)
+    m = len(rows)
+    return NTPTargets(np.full(m, 1.0 / m), np.array(tokens, dtype=np.int64), np.array(contexts, dtype=np.int64),
+                      np.array(probs), K), rows
+
+
 def random_supports(num_contexts: int, vocab_size: int, support_size, *, probs: str = "uniform",
                     num_patterns: int | None = None, zipf_exponent: float = 1.0,
                     seed: int = 0) -> NTPTargets:

@@ -208,3 +208,88 @@ def _complement_projector(pinv: np.ndarray, support: np.ndarray) -> np.ndarray:
     q, sv, _ = np.linalg.svd(diffs, full_matrices=False)
     q = q[:, sv > sv.max() * 1e-10]
     return np.eye(r) - q @ q.T
+
+
+# ---- the UFM family's closed forms (SCIENCE.md section 5) -------------------------------------
+
+
+def etf_classifier(num_classes: int, dim: int) -> np.ndarray:
+    """(K, d) unit rows with pairwise cosine -1/(K-1): a simplex ETF in the first K-1 coordinates."""
+    if dim < num_classes - 1:
+        raise ValueError(f"a simplex ETF of {num_classes} classes needs d >= K - 1 = {num_classes - 1}, got d = {dim}")
+    rows, _ = factor(simplex_etf_gram(num_classes), num_classes - 1)  # (K, K-1), rows W W^T = Gram
+    return np.pad(rows, ((0, 0), (0, dim - num_classes + 1)))
+
+
+@dataclass(frozen=True)
+class MSEFrame:
+    """The global optimum of the bias-free imbalanced MSE UFM (Dang et al., ICML 2023), per class k: an
+    orthogonal frame (W W^T and every layer's class-mean Gram diagonal) with these diagonals."""
+
+    s2: np.ndarray  # (K,) (W W^T)_kk; W W^T is diagonal
+    feature_gram: np.ndarray  # (K,) (Hbar^T Hbar)_kk of the features that meet W; diagonal too
+    logits: np.ndarray  # (K,) (W Hbar)_kk, the class's own logit
+    layer_means: np.ndarray  # (depth + 1, K) squared norm of class k's mean after each layer (first: H)
+    collapsed: np.ndarray  # (K,) bool: the class's W row and means are 0
+
+
+def imbalanced_mse_frame(counts, weight_decay: float, feature_decay: float | None = None, *,
+                         depth: int = 0) -> MSEFrame:
+    """min (1/2N)||W W_L ... W_1 H - Y||^2 + (lambda_W/2)(||W||^2 + sum_l ||W_l||^2) + (lambda_H/2)||H||^2,
+    n_k examples of class k, d >= K (depth 0: the free UFM).
+
+    Depth 0 has the closed form s_k^2 = max(0, sqrt(n_k lambda_H / lambda_W) - N lambda_H), zero when
+    n_k <= N^2 lambda_W lambda_H (SCIENCE.md section 5). With depth L the optimum is the same
+    orthogonal frame in every layer (Dang et al.); the classes decouple, and with balanced factors
+    (lambda_W s^2 = lambda_W t_l^2 = lambda_H n_k u^2 = c at the optimum, by AM-GM) each class's logit z
+    minimizes the scalar n_k/(2N)(z - 1)^2 + ((L+2)/2) (z^2 lambda_W^(L+1) lambda_H n_k)^(1/(L+2)) over
+    [0, 1], whose global minimum (it can be z = 0: collapse) is found numerically."""
+    n = np.asarray(counts, dtype=np.float64)
+    lam_w = float(weight_decay)
+    lam_h = lam_w if feature_decay is None else float(feature_decay)
+    if n.ndim != 1 or np.any(n < 1) or not (lam_w > 0 and lam_h > 0):
+        raise ValueError("counts must be >= 1 and both decays positive (the frame is defined for lambda > 0)")
+    if int(depth) < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    N, L = n.sum(), int(depth)
+    if L == 0:
+        s2 = np.maximum(0.0, np.sqrt(n * lam_h / lam_w) - N * lam_h)
+        z = s2 / (s2 + N * lam_h)
+    else:
+        z = np.array([_deep_class_logit(nk, N, L, lam_w, lam_h) for nk in n])
+    c = (z ** 2 * lam_w ** (L + 1) * lam_h * n) ** (1.0 / (L + 2))  # each factor's lambda * sv^2
+    s2 = c / lam_w
+    u2 = c / (lam_h * n)  # squared norm of the class mean of H
+    layer_means = np.stack([u2 * s2 ** l for l in range(L + 1)])
+    return MSEFrame(s2=s2, feature_gram=layer_means[-1], logits=z, layer_means=layer_means, collapsed=z == 0)
+
+
+def _deep_class_logit(nk: float, N: float, L: int, lam_w: float, lam_h: float) -> float:
+    from scipy.optimize import minimize_scalar
+
+    def f(z: float) -> float:
+        return nk / (2 * N) * (z - 1) ** 2 + (L + 2) / 2 * (z * z * lam_w ** (L + 1) * lam_h * nk) ** (1.0 / (L + 2))
+
+    best = minimize_scalar(f, bounds=(0.0, 1.0), method="bounded", options=dict(xatol=1e-14))
+    return float(best.x) if f(best.x) < f(0.0) else 0.0
+
+
+def softmax_code_rho(num_classes: int, dim: int) -> float:
+    """rho of the softmax code (Jiang et al., ICML 2024), max over unit W of min_k dist(w_k, conv{w_j, j != k}),
+    where it is known in closed form: K <= d + 1 the simplex ETF, K/(K-1); d = 2 the regular K-gon,
+    1 - cos(2 pi / K); K = 2d the cross-polytope, 1."""
+    K, d = num_classes, dim
+    if K <= d + 1:
+        return K / (K - 1)
+    if d == 2:
+        return 1.0 - math.cos(2.0 * math.pi / K)
+    if K == 2 * d:
+        return 1.0
+    raise ValueError(f"no closed form for the softmax code of K = {K} classes in d = {d} (known: K <= d + 1, d = 2, K = 2d)")
+
+
+def span_residual(x: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, float]:
+    """Least-squares coefficients of x (d,) on the rows of ``basis`` (r, d), and ||residual|| / ||x||."""
+    coef, *_ = np.linalg.lstsq(np.asarray(basis, dtype=np.float64).T, np.asarray(x, dtype=np.float64), rcond=None)
+    norm = float(np.linalg.norm(x))
+    return coef, float(np.linalg.norm(x - basis.T @ coef)) / norm if norm > 0 else math.nan

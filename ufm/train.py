@@ -1,9 +1,11 @@
-"""Training the NTP unconstrained-features model (Zhao et al., COLM 2024), on CPU or CUDA.
+"""Training the NTP unconstrained-features model family (Zhao et al., COLM 2024 and neighbours), on CPU or CUDA.
 
-    min_{W, H}  CE(W H) + (lambda / 2) (||W||_F^2 + ||H||_F^2)
+    min  loss(W, features) + (lambda_W / 2) ||W||_F^2 + (lambda_H / 2) ||H||_F^2  (+ the feature model's terms)
 
-with CE the pi-weighted soft-label cross-entropy of ufm.model (a mean over contexts when pi is
-uniform) and lambda = ``weight_decay`` (PyTorch's convention: the gradient of the ridge is lambda W).
+with the loss one of ufm.losses (soft-label CE by default, a mean over contexts when pi is uniform;
+MSE; CE with label smoothing; mixup) and the features one of ufm.model's FEATURE_MODELS (free H by
+default; deep linear; perturbed; normalized; fixed H). lambda_W = ``weight_decay`` (PyTorch's
+convention: the gradient of the ridge is lambda W), lambda_H = ``feature_decay`` (default: the same).
 With ``layernorm=True`` the features are LN(h_j) and only W is regularized (Laurent et al. 2024).
 """
 
@@ -18,12 +20,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._validate import check_positive_int, resolve_device
+from ._validate import check_finite, check_positive_int, resolve_device
 from .metrics import collapse_metrics
-from .model import CHUNK_ENTRIES, FreeFeatures, TargetTensors, layer_norm_columns, soft_label_ce
+from .losses import LOSSES, data_loss, mixup
+from .model import CHUNK_ENTRIES, FEATURE_MODELS, TargetTensors, UFMModel, soft_label_ce
 from .stats import ClassStats, StatsAccumulator
 from .targets import NTPTargets
-from .theory import sparse_component_values, subspace_collapse
+from .theory import etf_classifier, sparse_component_values, subspace_collapse
 from .threads import threads_for
 
 Optimizer = Literal["gd", "ngd", "adam"]
@@ -50,6 +53,17 @@ class TrainConfig:
     dtype: str = "float64"  # parameters' dtype
     seed: int = 0  # initialization and minibatch order
     chunk_entries: int | None = CHUNK_ENTRIES  # largest logits chunk in the CE; None: dense logits
+    loss: str = "ce"  # ce | mse (ufm.losses)
+    label_smoothing: float = 0.0  # eps of the smoothed CE target (1 - eps) p + eps / V
+    mixup_alpha: float | None = None  # mixup with lam ~ Beta(alpha, alpha); None: no mixup
+    features: str = "free"  # free | deep_linear | perturbed | normalized | fixed_h (ufm.model)
+    feature_decay: float | None = None  # lambda_H; None: weight_decay
+    depth: int = 0  # deep_linear (or fixed_h): trained d x d layers between H and W
+    layer_init: str = "identity"  # the layers start at identity + noise, or "random" (init_scale noise)
+    beta: float = 0.0  # perturbed: (beta/2)||H - H0||^2
+    radius: float = 1.0  # normalized: the sphere's radius
+    normalize: str = "both"  # normalized: features | words | both
+    fixed_classifier: bool = False  # W frozen at the given classifier
 
     def __post_init__(self) -> None:
         check_positive_int(self.dim, "dim")
@@ -68,27 +82,77 @@ class TrainConfig:
             check_positive_int(self.batch_size, "batch_size")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        self._check_family()
+
+    def _check_family(self) -> None:
+        """The loss and the feature model: known names, parameters in range, a defined combination."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.features not in FEATURE_MODELS:
+            raise ValueError(f"features must be one of {', '.join(FEATURE_MODELS)}, got {self.features!r}")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mixup_alpha is not None and not (math.isfinite(self.mixup_alpha) and self.mixup_alpha > 0):
+            raise ValueError(f"mixup_alpha must be positive (Beta(alpha, alpha)), got {self.mixup_alpha}")
+        if self.feature_decay is not None and not (math.isfinite(self.feature_decay) and self.feature_decay >= 0):
+            raise ValueError(f"feature_decay must be >= 0, got {self.feature_decay}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not (math.isfinite(self.radius) and self.radius > 0):
+            raise ValueError(f"radius must be positive, got {self.radius}")
+        if self.normalize not in ("features", "words", "both"):
+            raise ValueError(f"normalize must be 'features', 'words' or 'both', got {self.normalize!r}")
+        check_positive_int(self.depth, "depth", minimum=0)
+        if self.layer_init not in ("identity", "random"):
+            raise ValueError(f"layer_init must be 'identity' or 'random', got {self.layer_init!r}")
+        undefined = {
+            "label smoothing is a CE target; loss 'mse' has none":
+                self.label_smoothing > 0 and self.loss != "ce",
+            "mixup is defined here for the soft-label CE (Fisher et al. 2024), not loss 'mse'":
+                self.mixup_alpha is not None and self.loss != "ce",
+            f"layernorm is an option of features 'free', not {self.features!r}":
+                (self.layernorm or self.word_layernorm) and self.features != "free",
+            f"depth is the deep_linear and fixed_h models', not {self.features!r}'s":
+                self.depth > 0 and self.features not in ("deep_linear", "fixed_h"),
+            "features 'deep_linear' needs depth >= 1": self.features == "deep_linear" and self.depth < 1,
+            f"beta is the perturbed model's, not {self.features!r}'s": self.beta > 0 and self.features != "perturbed",
+            "features 'perturbed' needs beta > 0": self.features == "perturbed" and self.beta == 0,
+            "a fixed classifier with fixed features leaves nothing to train":
+                self.fixed_classifier and self.features == "fixed_h" and self.depth == 0,
+        }
+        for why, bad in undefined.items():
+            if bad:
+                raise ValueError(f"undefined combination: {why} (loss={self.loss!r}, features={self.features!r})")
 
 
 @dataclass
 class UFMResult:
-    """Trained factors and the trajectory. W (V, d), H (d, m), bias (V,) or None, on the CPU."""
+    """Trained factors and the trajectory. W (V, d), H (d, m), bias (V,) or None, on the CPU; ``model``
+    the trained UFMModel (deep linear layers, anchor, normalization), also on the CPU."""
 
     W: torch.Tensor
     H: torch.Tensor
     bias: torch.Tensor | None
     targets: NTPTargets
     config: TrainConfig
+    model: UFMModel
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
+    @torch.no_grad()
     def features(self) -> torch.Tensor:
-        """The features that meet W: H, or LN(H) with layernorm. (d, m)"""
-        return layer_norm_columns(self.H) if self.config.layernorm else self.H
+        """The features that meet W: H, LN(H), W_L ... W_1 H, or on the sphere, per the feature model. (d, m)"""
+        return self.model.features()
 
+    @torch.no_grad()
     def words(self) -> torch.Tensor:
-        """The word embeddings that meet the features: W, or LN of its rows with word_layernorm. (V, d)"""
-        return layer_norm_columns(self.W.T).T if self.config.word_layernorm else self.W
+        """The word embeddings that meet the features: W, or normalized rows. (V, d)"""
+        return self.model.words()
+
+    @torch.no_grad()
+    def layer_features(self) -> list[torch.Tensor]:
+        """Each layer's features, [H, W_1 H, ..., W_L ... W_1 H] (d, m) (one entry unless deep linear)."""
+        return self.model.layer_features()
 
     def logits(self) -> np.ndarray:
         """L = W H (+ b) as a dense (V, m) array (small problems)."""
@@ -147,6 +211,18 @@ def train_ufm(
     batch_size: int | None = None,
     dtype: str = "float64",
     chunk_entries: int | None = CHUNK_ENTRIES,
+    loss: str = "ce",
+    label_smoothing: float = 0.0,
+    mixup_alpha: float | None = None,
+    features: str = "free",
+    feature_decay: float | None = None,
+    depth: int = 0,
+    layer_init: str = "identity",
+    beta: float = 0.0,
+    radius: float = 1.0,
+    normalize: str = "both",
+    h0: np.ndarray | torch.Tensor | None = None,
+    classifier: np.ndarray | torch.Tensor | str | None = None,
     device: str | torch.device = "auto",
     seed: int = 0,
     snapshots: int | list[int] = 20,
@@ -156,7 +232,14 @@ def train_ufm(
     observe: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None,
     progress: bool = False,
 ) -> UFMResult:
-    """Minimize CE(W H) + (lambda/2)(||W||^2 + ||H||^2) over free W (V, d) and H (d, m).
+    """Minimize loss(W, features) + (lambda_W/2)||W||^2 + (lambda_H/2)||H||^2 over W (V, d) and the
+    feature model's factors (free H (d, m) by default).
+
+    The family (module docstrings of ufm.losses and ufm.model): ``loss`` "ce" or "mse",
+    ``label_smoothing`` eps, ``mixup_alpha``; ``features`` "free", "deep_linear" (``depth`` layers,
+    ``layer_init``), "perturbed" (``beta``, anchor ``h0``), "normalized" (``radius``, ``normalize``) or
+    "fixed_h" (H = ``h0`` frozen, with ``depth`` layers on top or none); ``h0`` (d, m) otherwise the initial H; ``classifier`` a (V, d) array or "etf" (a
+    simplex ETF, d >= V - 1) freezes W at it.
 
     snapshots: a count of log-spaced steps, or the steps themselves, at which the history records
     the objective, CE - H (H the entropy bound), ||W||_F, ||H||_F, ||P_F(L_t) - L_in||_F and, with
@@ -170,7 +253,10 @@ def train_ufm(
     config = TrainConfig(
         dim=dim, weight_decay=float(weight_decay), steps=steps, lr=_default_lr(lr, optimizer),
         optimizer=optimizer, lr_schedule=lr_schedule, bias=bias, layernorm=layernorm,
-        word_layernorm=word_layernorm, init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed, chunk_entries=chunk_entries,
+        word_layernorm=word_layernorm, init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed,
+        chunk_entries=chunk_entries, loss=loss, label_smoothing=float(label_smoothing), mixup_alpha=mixup_alpha,
+        features=features, feature_decay=feature_decay, depth=depth, layer_init=layer_init, beta=float(beta), radius=float(radius),
+        normalize=normalize, fixed_classifier=classifier is not None,
     )
     if l_mm is not None and np.shape(l_mm) != (targets.vocab_size, targets.num_contexts):
         raise ValueError(f"l_mm must have shape (V, m) = ({targets.vocab_size}, {targets.num_contexts}), "
@@ -178,24 +264,24 @@ def train_ufm(
     dev = resolve_device(device)
     tdtype = getattr(torch, config.dtype)
     gen = torch.Generator().manual_seed(seed)
-    model = FreeFeatures(targets.vocab_size, targets.num_contexts, dim, bias=bias, layernorm=layernorm,
-                         word_layernorm=word_layernorm, init_scale=init_scale, generator=gen,
-                         dtype=tdtype).to(dev)
+    model = _build_model(config, targets, h0, classifier, gen, tdtype).to(dev)
+    lam_h = config.weight_decay if config.feature_decay is None else config.feature_decay
+    mix_rng = np.random.default_rng(seed + 2)
     data = TargetTensors(targets, dev, tdtype)
-    monitor = _Monitor(data, l_mm)
+    monitor = _Monitor(data, l_mm, config.chunk_entries)
     marks = set(snapshot_steps(steps, snapshots) if isinstance(snapshots, int) else [*snapshots, 0, steps])
     m = targets.num_contexts
     batch_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
 
-    def objective(batch: torch.Tensor | None) -> torch.Tensor:
+    def objective(batch: torch.Tensor | None, mix: bool = True) -> torch.Tensor:
         pi_b, tok, col, prob = data.select(batch)
-        ce = soft_label_ce(model.words(), model.features(batch), model.bias, pi_b, tok, col, prob,
-                           chunk_entries=config.chunk_entries)
+        F = model.features(batch)
+        if mix and config.mixup_alpha is not None:
+            F, pi_b, tok, col, prob = mixup(F, pi_b, tok, col, prob, config.mixup_alpha, mix_rng)
+        fit = data_loss(config.loss, model.words(), F, model.bias, pi_b, tok, col, prob,
+                        label_smoothing=config.label_smoothing, chunk_entries=config.chunk_entries)
         scale = 1.0 if batch is None else m / len(batch)  # unbiased minibatch estimate
-        ridge = 0.0 if word_layernorm else model.W.square().sum()
-        if not layernorm:
-            ridge = ridge + scale * (model.H if batch is None else model.H[:, batch]).square().sum()
-        return scale * ce + 0.5 * config.weight_decay * ridge
+        return scale * fit + model.penalty(config.weight_decay, lam_h, batch, scale)
 
     params = [p for p in model.parameters()]
     opt = _make_optimizer(config, params)
@@ -207,7 +293,8 @@ def train_ufm(
     with threads_for(per_step if dev.type == "cpu" else 0):
         for step in range(steps + 1):
             if step in marks:
-                history.append(monitor.record(step, model, config, track_metrics, track_subspace, observe))
+                history.append(monitor.record(step, model, lambda: objective(None, mix=False), track_metrics,
+                                              track_subspace, observe))
             if step == steps:
                 break
             batch = None
@@ -221,10 +308,40 @@ def train_ufm(
             f"training diverged (objective {history[-1]['objective']}); lower lr={config.lr} "
             "(or, for gd, leave lr=None for a line search)"
         )
+    model = model.cpu().requires_grad_(False)
     return UFMResult(
-        W=model.W.detach().cpu(), H=model.H.detach().cpu(),
-        bias=model.bias.detach().cpu() if model.bias is not None else None,
-        targets=targets, config=config, history=history, seconds=time.perf_counter() - start,
+        W=model.W.detach(), H=model.H.detach(), bias=model.bias.detach() if model.bias is not None else None,
+        targets=targets, config=config, model=model, history=history, seconds=time.perf_counter() - start,
+    )
+
+
+def _build_model(config: TrainConfig, targets: NTPTargets, h0, classifier, gen, dtype) -> UFMModel:
+    V, m, d = targets.vocab_size, targets.num_contexts, config.dim
+    if h0 is not None:
+        h0 = torch.as_tensor(np.asarray(h0, dtype=np.float64) if not isinstance(h0, torch.Tensor) else h0)
+        if tuple(h0.shape) != (d, m):
+            raise ValueError(f"h0 must have shape (d, m) = ({d}, {m}), got {tuple(h0.shape)}")
+        check_finite(h0, "h0")
+    elif config.features in ("perturbed", "fixed_h"):
+        raise ValueError(f"features {config.features!r} needs h0 (d, m): the "
+                         + ("anchor H0" if config.features == "perturbed" else "fixed features"))
+    words = None
+    if isinstance(classifier, str):
+        if classifier != "etf":
+            raise ValueError(f"classifier must be a (V, d) array or 'etf', got {classifier!r}")
+        words = torch.as_tensor(etf_classifier(V, d))
+    elif classifier is not None:
+        words = torch.as_tensor(np.asarray(classifier, dtype=np.float64))
+        if tuple(words.shape) != (V, d):
+            raise ValueError(f"classifier must have shape (V, d) = ({V}, {d}), got {tuple(words.shape)}")
+        check_finite(words, "classifier")
+    sphere = config.features == "normalized"
+    return UFMModel(
+        V, m, d, bias=config.bias, radius=config.radius, depth=config.depth, layer_init=config.layer_init,
+        beta=config.beta, h0=h0,
+        fix_h=config.features == "fixed_h", words=words, init_scale=config.init_scale, generator=gen, dtype=dtype,
+        feature_norm="layernorm" if config.layernorm else "sphere" if sphere and config.normalize != "words" else None,
+        word_norm="layernorm" if config.word_layernorm else "sphere" if sphere and config.normalize != "features" else None,
     )
 
 
@@ -293,25 +410,25 @@ def _backtracking_step(params: list[torch.Tensor], closure_loss, loss: float, la
 class _Monitor:
     """What the history records at a snapshot; the theory targets are computed once, up front."""
 
-    def __init__(self, data: TargetTensors, l_mm):
+    def __init__(self, data: TargetTensors, l_mm, chunk_entries: int | None):
         self.targets = targets = data.targets
+        self.chunk_entries = chunk_entries
         self.data = data
         device, dtype = data.probs.device, data.probs.dtype
         self.l_in = torch.as_tensor(sparse_component_values(targets), dtype=dtype, device=device)  # (nnz,)
         self.l_mm = None if l_mm is None else torch.as_tensor(l_mm, dtype=dtype, device=device)
 
     @torch.no_grad()
-    def record(self, step: int, model: FreeFeatures, config: TrainConfig, metrics: bool, subspace: bool,
+    def record(self, step: int, model: UFMModel, objective, metrics: bool, subspace: bool,
                observe) -> dict[str, Any]:
+        """``objective()``: the training objective on all contexts (mixup: on the unmixed contexts)."""
         d = self.data
         W, F = model.words(), model.features()
         ce = float(soft_label_ce(W, F, model.bias, d.pi, d.tokens, d.contexts, d.probs,
-                                 chunk_entries=config.chunk_entries))
-        w2, h2 = float(model.W.square().sum()), float(model.H.square().sum())
-        ridge = (0.0 if config.word_layernorm else w2) + (0.0 if config.layernorm else h2)
+                                 chunk_entries=self.chunk_entries))
         row: dict[str, Any] = dict(
-            step=step, objective=ce + 0.5 * config.weight_decay * ridge, ce=ce,
-            ce_minus_entropy=ce - d.entropy, w_norm=math.sqrt(w2), h_norm=math.sqrt(h2),
+            step=step, objective=float(objective()), ce=ce, ce_minus_entropy=ce - d.entropy,
+            w_norm=float(model.W.norm()), h_norm=float(model.H.norm()),
         )
         # In-support logits only: P_F(L) and the support means need nothing V x m.
         l_sup = (W[d.tokens] * F[:, d.contexts].T).sum(1)  # (nnz,)

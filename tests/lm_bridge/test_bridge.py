@@ -334,3 +334,24 @@ def test_measure_figures_plot_the_right_data(monkeypatch, tmp_path):
     np.testing.assert_allclose(drawn["norms"][0], counts, rtol=1e-12)
     cos = (W * m).sum(1) / np.linalg.norm(W, axis=1) / np.linalg.norm(m, axis=1)
     np.testing.assert_allclose(np.sort(drawn["dual"][0]), np.sort(cos), rtol=1e-10)
+
+
+def test_measure_model_is_stats_metrics_and_nc4_with_the_preset(tiny_models, tiny_corpus):
+    """measure_model, the demo's and the grid's one call, against its three parts run by hand."""
+    from lm_bridge.collect import measure_model
+
+    loaded = load_model(tiny_models["gpt2"])
+    train, heldout = Corpus.open(tiny_corpus), Corpus.open(tiny_corpus / "doc0.txt")
+    config = CollectConfig(block_size=20)
+    m = measure_model(loaded, train, heldout, config, heldout_tokens=30, preset="lc2024")
+    stats = collect_stats(loaded, train, config, progress=False).stats
+    assert torch.equal(m.stats.means, stats.means) and torch.equal(m.stats.counts, stats.counts)
+    want = collapse_metrics(stats, loaded.classifier(), **PRESETS["lc2024"]).to_dict()
+    assert m.metrics.to_dict() == want and want["dual_error"] is not None
+    nc4 = collect_nc4(loaded, heldout, stats, CollectConfig(block_size=20, max_tokens=30), progress=False,
+                      min_count=1, positions="kept")
+    assert (m.nc4.agreement, m.nc4.tokens, m.nc4.positions, m.nc4.loss) == (nc4.agreement, nc4.tokens, "kept", nc4.loss)
+    assert 0 < m.nc4.tokens <= 30
+    other = measure_model(loaded, train, heldout, config, preset="papyan2020")
+    assert other.nc4.positions == "all" and other.nc4.tokens > m.nc4.tokens
+    assert other.metrics.options["center"] == "weighted" and m.metrics.options["center"] == "uniform"

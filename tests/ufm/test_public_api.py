@@ -1,6 +1,7 @@
 """The names outside checks call, with the shapes they promise."""
 
 import numpy as np
+import pytest
 
 import ufm
 
@@ -20,6 +21,12 @@ def test_public_names_and_shapes():
             "etf_error", "gnc_log_mean", "gnc_log_std", "dual_cos_mean", "unc_cov", "dual_error",
             "num_classes_kept", "options"} <= keys
     assert isinstance(ufm.StatsAccumulator(3, 4), ufm.StatsAccumulator) and ufm.ClassStats
+    # Tr S_W / Tr S_B: within = (0 + 0 + 2 * 0.25) / 4 (class 2's samples sit 0.5 from their mean on
+    # two axes), between = mean squared distance of the 3 means to their mean.
+    means = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0.5, 0.5]])
+    between = ((means - means.mean(0)) ** 2).sum() / 3
+    assert ufm.variability_ratio(stats) == pytest.approx((2 * 0.5 / 4) / between, rel=1e-12)
+    assert ufm.losses.LOSSES == ("ce", "mse")
 
 
 def test_a_classifier_orthogonal_to_every_mean_has_no_dual_error():

@@ -1,0 +1,111 @@
+"""The UFM family's experiments (issue 15): each quick run shows what its docstring promises."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from experiments.cli import main
+from ufm import theory
+
+
+def run(name, tmp_path):
+    assert main(["experiment", name, "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["figures"] and all((tmp_path / f).is_file() for f in results["figures"])
+    return results
+
+
+def test_deep_linear_frame_in_every_layer(tmp_path):
+    r = run("deep-linear", tmp_path)
+    assert [row["depth"] for row in r["depths"]] == [0, 1]
+    assert r["max_rel_error_s2"] < 1e-4 and r["max_offdiag_cos"] < 1e-6 and r["max_variability_ratio"] < 1e-8
+    np.testing.assert_allclose(r["depths"][0]["s2"], [6.221555, 6.221555, 3.059278, 3.059278, 1.629051], atol=1e-5)
+    for row in r["depths"]:  # every layer's class-mean norms, the plotted per-layer values
+        for layer in row["layers"]:
+            np.testing.assert_allclose(layer["mean_norm2"], layer["predicted_mean_norm2"], rtol=1e-4)
+    last = r["sweep"][-1]
+    assert last["weight_decay"] == 2e-2 and last["collapsed"][-1] and last["s2"][-1] < 1e-8
+
+
+def test_perturbation_optimum_below_h0(tmp_path):
+    r = run("perturbation", tmp_path)
+    assert r["all_below_h0"]
+    mse = [row for row in r["rows"] if row["loss"] == "mse"]
+    assert [row["beta"] for row in mse] == [1e-3, 1e-2, 1.0]
+    ratios = [row["ratio"] for row in mse]
+    assert ratios == sorted(ratios) and ratios[-1] > 0.95 * r["h0_ratio"]  # back to H0 as beta grows
+    assert mse[-1]["stationarity"] < 1e-6 and mse[1]["stationarity"] < 1e-4
+    assert r["feature_decay_stronger_at_beta"]["mse"][:2] == [1e-3, 1e-2]
+
+
+def test_mixup_span_and_symmetry(tmp_path):
+    r = run("mixup", tmp_path)
+    assert r["max_span_residual"] < 1e-6 and r["g_spread_over_pairs"] < 1e-6
+    assert r["g_symmetry_error"] < 1e-6 and r["same_class_spread"] < 1e-6
+    assert np.all(np.diff(r["g"]) > 0)  # more weight on class i, more of w_i
+
+
+def test_softmax_code_matches_closed_forms(tmp_path):
+    r = run("softmax-code", tmp_path)
+    for row in r["rows"]:
+        assert row["rho"] == pytest.approx(theory.softmax_code_rho(row["K"], row["d"]), abs=1e-4)
+        assert row["rho_random"] < row["rho"]
+    assert {(row["K"], row["d"]) for row in r["rows"]} == {(5, 2), (8, 2), (4, 3), (6, 3)}
+    assert r["rows"][0]["rho_theory"] == pytest.approx(1 - math.cos(2 * math.pi / 5))
+
+
+def test_linear_model_turns_toward_w_mm(tmp_path):
+    r = run("linear-model", tmp_path)
+    cos = np.array(r["cos_wmm"])
+    assert r["cos_wmm_increasing"] and cos[0] < 0.5 and r["final_cos_wmm"] > 0.97
+    assert r["pf_dist"][-1] < 5e-3 and r["ce_minus_entropy"][-1] < 1e-3
+    assert np.all(np.diff(r["w_norm"][1:]) > 0)  # the norm keeps growing
+
+
+def test_simulate_takes_a_loss_and_a_feature_model(tmp_path, capsys):
+    assert main(["simulate", "--targets", "imbalanced", "--classes", "4", "--per-class", "2", "--ratio", "5",
+                 "--loss", "mse", "--features", "deep_linear", "--depth", "2", "--dim", "6", "--steps", "400",
+                 "--optimizer", "gd", "--snapshots", "2", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert "loss mse, features deep_linear" in capsys.readouterr().out
+    ufm_json = json.loads((tmp_path / "ufm.json").read_text())
+    assert ufm_json["config"]["loss"] == "mse" and ufm_json["config"]["depth"] == 2
+    # The saved metrics are those of the deep model's output features, not of H.
+    assert json.loads((tmp_path / "metrics.json").read_text())["nc1_trace_ratio"] < 1e-6
+    assert main(["simulate", "--features", "perturbed", "--beta", "-1", "--steps", "1", "--device", "cpu"]) == 2
+    assert "beta must be >= 0, got -1.0" in capsys.readouterr().err
+    assert main(["simulate", "--loss", "mse", "--mixup-alpha", "0.5", "--steps", "1", "--device", "cpu"]) == 2
+    assert "undefined combination: mixup" in capsys.readouterr().err
+
+
+def test_semantic_geometry_quick_on_a_tagged_corpus(tmp_path):
+    """The quick run on a generated tagged corpus (four parts of speech, 60 words each, a fixed word
+    order), so the test needs no download: every headline number of the issue is asserted."""
+    rng = np.random.default_rng(0)
+    words = {tag: [f"{tag}{i}" for i in range(60)] for tag in ("at", "jj", "nn", "vbd")}
+    lines = []
+    for _ in range(3000):
+        pick = {tag: rng.choice(ws) for tag, ws in words.items()}
+        obj = rng.choice(words["nn"])
+        lines.append(" ".join(f"{pick[t]}/{t}" for t in ("at", "jj", "nn", "vbd")) + f" {rng.choice(words['at'])}/at {obj}/nn ./.")
+    corpus = tmp_path / "tagged"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["experiment", "semantic-geometry", "--quick", "--device", "cpu", "--out", str(out),
+                 "--corpus", str(corpus)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["nmi_orthant_synthetic"] >= 0.9 and r["nmi_kmeans_synthetic"] >= 0.9
+    assert r["spectral_order_spearman"] <= -0.8
+    assert r["nmi_pos_brown"] >= 3 * r["nmi_pos_brown_shuffled"] and r["nmi_pos_brown_s_tilde"] > 0.5
+    # The transient: the gap is positive at the start and gone at the end, with a transition step.
+    for row in r["transient"]:
+        assert row["gap_init"] > 0.3 and row["gap_final"] < 0.1 * row["gap_peak"] and row["transition_step"] is not None
+        assert row["etf_final"] < 0.1
+    assert r["transient"][0]["peak_step"] > 0  # d = 16: attribute clustering first grows
+    # The plotted learning curves end at 1 after normalization and cross 1/2 at the reported half times.
+    curves, steps = np.array(r["hier_curves"]), np.array(r["hier_steps"])
+    for i, t in enumerate(r["half_times"]):
+        first = steps[np.argmax(curves[:, i] >= curves[-1, i] / 2)]
+        assert first == t
