@@ -15,4 +15,5 @@ REGISTRY = {
     "softmax-code": "experiments.softmax_code",
     "linear-model": "experiments.linear_model",
     "semantic-geometry": "experiments.semantic_geometry",
+    "convergence-regime": "experiments.convergence_regime",
 }

@@ -268,7 +268,7 @@ def train_ufm(
     lam_h = config.weight_decay if config.feature_decay is None else config.feature_decay
     mix_rng = np.random.default_rng(seed + 2)
     data = TargetTensors(targets, dev, tdtype)
-    monitor = _Monitor(data, l_mm, config.chunk_entries)
+    monitor = GeometryMonitor(data, l_mm, config.chunk_entries)
     marks = set(snapshot_steps(steps, snapshots) if isinstance(snapshots, int) else [*snapshots, 0, steps])
     m = targets.num_contexts
     batch_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -407,10 +407,12 @@ def _backtracking_step(params: list[torch.Tensor], closure_loss, loss: float, la
         t *= 0.5
 
 
-class _Monitor:
-    """What the history records at a snapshot; the theory targets are computed once, up front."""
+class GeometryMonitor:
+    """The theory's quantities at a snapshot, for any word embeddings W (V, d) and context features
+    F (d, m): the UFM's history, and a real model's last-position hidden states (lm_bridge.finite).
+    The theory targets (L_in, L_mm) are computed once, up front."""
 
-    def __init__(self, data: TargetTensors, l_mm, chunk_entries: int | None):
+    def __init__(self, data: TargetTensors, l_mm=None, chunk_entries: int | None = CHUNK_ENTRIES):
         self.targets = targets = data.targets
         self.chunk_entries = chunk_entries
         self.data = data
@@ -422,23 +424,29 @@ class _Monitor:
     def record(self, step: int, model: UFMModel, objective, metrics: bool, subspace: bool,
                observe) -> dict[str, Any]:
         """``objective()``: the training objective on all contexts (mixup: on the unmixed contexts)."""
+        row: dict[str, Any] = dict(step=step, objective=float(objective()), w_norm=float(model.W.norm()),
+                                   h_norm=float(model.H.norm()))
+        return row | self.measure(model.words(), model.features(), model.bias, metrics=metrics, subspace=subspace,
+                                  observe=observe)
+
+    @torch.no_grad()
+    def measure(self, W: torch.Tensor, F: torch.Tensor, bias: torch.Tensor | None = None, *, metrics: bool = False,
+                subspace: bool = False, observe=None) -> dict[str, Any]:
+        """CE, CE - H, ||P_F(L) - L_in||, with L_mm cos(P_Fperp L, L_mm) and the distance of L/||L|| to
+        L_mm/||L_mm||, optionally the subspace-collapse ratio, the collapse metrics and ``observe(W, F)``."""
         d = self.data
-        W, F = model.words(), model.features()
-        ce = float(soft_label_ce(W, F, model.bias, d.pi, d.tokens, d.contexts, d.probs,
-                                 chunk_entries=self.chunk_entries))
-        row: dict[str, Any] = dict(
-            step=step, objective=float(objective()), ce=ce, ce_minus_entropy=ce - d.entropy,
-            w_norm=float(model.W.norm()), h_norm=float(model.H.norm()),
-        )
+        W, F = W.to(d.probs), F.to(d.probs)
+        ce = float(soft_label_ce(W, F, bias, d.pi, d.tokens, d.contexts, d.probs, chunk_entries=self.chunk_entries))
+        row: dict[str, Any] = dict(ce=ce, ce_minus_entropy=ce - d.entropy)
         # In-support logits only: P_F(L) and the support means need nothing V x m.
         l_sup = (W[d.tokens] * F[:, d.contexts].T).sum(1)  # (nnz,)
-        if model.bias is not None:
-            l_sup = l_sup + model.bias[d.tokens]
+        if bias is not None:
+            l_sup = l_sup + bias[d.tokens]
         k = torch.as_tensor(self.targets.support_sizes, dtype=l_sup.dtype, device=l_sup.device)
         col_mean = torch.zeros_like(k).index_add_(0, d.contexts, l_sup) / k
         pf = l_sup - col_mean[d.contexts]  # (nnz,) P_F(L) on the support
         row["pf_dist"] = float((pf - self.l_in).norm())
-        if self.l_mm is not None and model.bias is None:
+        if self.l_mm is not None and bias is None:
             l_norm2 = float(((W.T @ W) * (F @ F.T)).sum())  # ||W F||_F^2 from d x d Grams
             inner = float((W * (self.l_mm @ F.T)).sum())  # <L, L_mm>
             mm_norm = float(self.l_mm.norm())

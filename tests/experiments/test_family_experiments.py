@@ -109,3 +109,29 @@ def test_semantic_geometry_quick_on_a_tagged_corpus(tmp_path):
     for i, t in enumerate(r["half_times"]):
         first = steps[np.argmax(curves[:, i] >= curves[-1, i] / 2)]
         assert first == t
+
+
+def test_convergence_regime_quick_tracks_both_sides(tmp_path):
+    """A generated tagged text (two sentence frames, 12 words), so the test needs no download."""
+    rng = np.random.default_rng(1)
+    nouns, verbs = ["cat", "dog", "bird", "fish"], ["sees", "likes", "finds"]
+    lines = [f"the/at {rng.choice(nouns)}/nn {rng.choice(verbs)}/vbz a/at {rng.choice(nouns)}/nn ./." for _ in range(400)]
+    lines += [f"a/at {rng.choice(nouns)}/nn {rng.choice(verbs)}/vbz the/at {rng.choice(nouns)}/nn ./." for _ in range(400)]
+    corpus = tmp_path / "tagged"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["experiment", "convergence-regime", "--quick", "--device", "cpu", "--out", str(out), "--corpus", str(corpus),
+                 "--vocab", "10", "--context-length", "2", "--min-count", "5"]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["V"] == 10 and r["m"] > 10 and r["entropy"] > 0
+    for side in ("transformer", "ufm"):
+        series = r[side]
+        assert all(len(series[k]) == len(series["steps"]) for k in
+                   ("ce_minus_entropy", "structural_corr_contexts", "structural_corr_words", "subspace_ratio"))
+        assert series["steps"][0] == 0 and series["ce_minus_entropy"][-1] < 0.1 * series["ce_minus_entropy"][0]
+    t = r["table"]["transformer"]
+    assert t["ce_minus_entropy"] == r["transformer"]["ce_minus_entropy"][-1] and t["ce_minus_entropy"] < 0.1
+    assert t["corr_contexts_lmm"] > t["corr_contexts_lmm_init"]
+    assert len(r["transformer"]["layer_corr_final"]) == 4 and "CE - H" in r["report"]
+    assert (out / "transformer.ckpt").is_file()
