@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean mutation
 
 install: $(VENV)/.installed
 
@@ -21,5 +21,12 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+# Mutation testing (docs/mutation.md), outside CI: hours on a small CPU. MUTANTS narrows it, e.g.
+# make mutation MUTANTS='ufm.pairwise*'
+mutation: install
+	$(PY) -m pip install -q mutmut==3.8.1
+	$(VENV)/bin/mutmut run $(MUTANTS)
+	$(VENV)/bin/mutmut results
+
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) mutants

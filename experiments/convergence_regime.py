@@ -11,7 +11,7 @@ CE - H, ||W||, ||H||, ||P_F(L) - L_in||, cos(P_Fperp L, L_mm), the subspace-coll
 when no two contexts share a support), NC metrics, and the structural correlations of cos(H_t) and
 cos(W_t) with the Grams L_mm and S~ predict (Pearson over off-diagonal entries). Beyond the paper:
 other widths and depths, a strong weight decay, and every layer's last-position states against the
-prediction. Runtime ~12 min on one thread (--quick: d = 64, 2 blocks, 300 epochs, no grid, ~1.5 min).
+prediction. Runtime ~18 min on one thread beside other work (--quick: d = 64, 2 blocks, 300 epochs, no grid, ~2.5 min).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _report(results: dict) -> str:
     l_in = results["l_in_norm"]
     lines.append(f"In-support logit differences against the log-probability ratios: ||P_F(L) - L_in|| / ||L_in|| = "
                  f"{t['pf_dist'] / l_in:.3g} for the transformer, {u['pf_dist'] / l_in:.3g} for the UFM (0: the sparse "
-                 "part of the theory reached; the remaining CE - H sits mostly in rare next words).")
+                 "part of the theory reached).")
     lines.append(f"Context geometry: corr(cos H, L_mm prediction) {t['corr_contexts_lmm_init']:.3f} at initialization -> "
                  f"{t['corr_contexts_lmm']:.3f} at the end (UFM {u['corr_contexts_lmm']:.3f}); against S~ {t['corr_contexts_s_tilde']:.3f} "
                  f"(UFM {u['corr_contexts_s_tilde']:.3f}).")
