@@ -36,7 +36,7 @@ class Config:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args("deep-linear", __doc__, argv)
-    config = Config(depths=(0, 1), lambdas=(1e-3, 2e-2)) if args.quick else Config()
+    config = Config(depths=(0, 1), lambdas=(2e-2,)) if args.quick else Config()
     run = Run("deep-linear", args, config)
     targets, labels, K = one_hot(list(config.counts)), np.repeat(np.arange(len(config.counts)), config.counts), len(config.counts)
 

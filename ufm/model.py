@@ -169,7 +169,9 @@ class UFMModel(torch.nn.Module):
         if beta > 0:
             self.register_buffer("anchor", H.clone())  # H0
         self.bias = torch.nn.Parameter(torch.zeros(vocab_size, dtype=dtype)) if bias else None
-        self.feature_norm, self.word_norm, self.radius = feature_norm, word_norm, radius
+        self.feature_norm, self.word_norm, self.radius, self.depth = feature_norm, word_norm, radius, depth
+        self._decay_w = words is None and word_norm is None  # W trained and not normalized: ridge on it
+        self._decay_h = not fix_h and feature_norm is None
 
     def _norm(self, X: torch.Tensor, how: str | None) -> torch.Tensor:
         if how == "layernorm":
@@ -178,7 +180,7 @@ class UFMModel(torch.nn.Module):
 
     def words(self) -> torch.Tensor:
         """The word embeddings that meet the features, (V, d)."""
-        return self._norm(self.W.T, self.word_norm).T
+        return self.W if self.word_norm is None else self._norm(self.W.T, self.word_norm).T
 
     def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The features after each layer of the deep linear model: [H, W_1 H, ..., W_L ... W_1 H] (d, B)."""
@@ -189,21 +191,28 @@ class UFMModel(torch.nn.Module):
 
     def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
         """The context features that meet W, (d, B)."""
-        return self._norm(self.layer_features(batch)[-1], self.feature_norm)
+        H = self.H if batch is None else self.H[:, batch]
+        if self.depth:
+            for layer in self.layers:
+                H = layer @ H
+        return H if self.feature_norm is None else self._norm(H, self.feature_norm)
 
     def penalty(self, weight_decay: float, feature_decay: float, batch: torch.Tensor | None = None,
-                scale: float = 1.0) -> torch.Tensor:
+                scale: float = 1.0) -> torch.Tensor | float:
         """(lambda_W/2)(||W||^2 + sum_l ||W_l||^2) + (lambda_H/2)||H||^2 + (beta/2)||H - H0||^2, leaving
-        out frozen and normalized factors; the per-context terms of a minibatch are scaled by ``scale``."""
-        total = torch.zeros((), dtype=self.H.dtype, device=self.H.device)
-        if self.W.requires_grad and self.word_norm is None:
-            total = total + weight_decay * self.W.square().sum()
-        for layer in self.layers:
-            total = total + weight_decay * layer.square().sum()
-        H = self.H if batch is None else self.H[:, batch]
-        if self.H.requires_grad and self.feature_norm is None:
-            total = total + scale * feature_decay * H.square().sum()
-        if self.beta > 0:
-            anchor = self.anchor if batch is None else self.anchor[:, batch]
-            total = total + scale * self.beta * (H - anchor).square().sum()
-        return 0.5 * total
+        out frozen and normalized factors; the per-context terms of a minibatch are scaled by ``scale``.
+        (The step's hot path: flags are read from plain attributes set once.)"""
+        total = 0.0
+        if self._decay_w:
+            total = total + (0.5 * weight_decay) * self.W.square().sum()
+        if self.depth:
+            for layer in self.layers:
+                total = total + (0.5 * weight_decay) * layer.square().sum()
+        if self._decay_h or self.beta > 0:
+            H = self.H if batch is None else self.H[:, batch]
+            if self._decay_h:
+                total = total + (0.5 * scale * feature_decay) * H.square().sum()
+            if self.beta > 0:
+                anchor = self.anchor if batch is None else self.anchor[:, batch]
+                total = total + (0.5 * scale * self.beta) * (H - anchor).square().sum()
+        return total

@@ -6,26 +6,25 @@ import pytest
 from experiments.cli import main
 
 
-@pytest.mark.parametrize("name", ["etf", "seli", "subspace-collapse", "regularization-path", "implicit-bias"])
-def test_experiment_quick_runs_write_results_and_figures(name, tmp_path):
+def run_quick(name, tmp_path) -> dict:
+    """One quick run (each experiment runs once in the suite): its config, figures and results."""
     assert main(["experiment", name, "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["experiment"] == name and config["quick"] is True
     assert results["figures"] and all((tmp_path / f).stat().st_size > 5000 for f in results["figures"])
+    return results
 
 
 def test_quick_etf_reaches_the_simplex(tmp_path):
-    main(["experiment", "etf", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_quick("etf", tmp_path)
     final = results["final_metrics"]
     assert final["etf_error"] < 1e-6 and final["nc1_trace_ratio"] < 1e-6
     assert results["max_etf_error_after_1000"] < 1e-6 and final["cos_std"] < 1e-6
 
 
 def test_quick_implicit_bias_shows_what_its_docstring_promises(tmp_path):
-    main(["experiment", "implicit-bias", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    r = json.loads((tmp_path / "results.json").read_text())
+    r = run_quick("implicit-bias", tmp_path)
     # ||L_t||_* grows by ~||L_mm||_* per unit ln t, approached from above as t grows.
     assert r["lmm_nuclear"] < r["nuclear_slope"] < 1.5 * r["lmm_nuclear"]
     slopes = [d["slope"] for d in r["decade_slopes"]]
@@ -40,8 +39,7 @@ def test_quick_implicit_bias_shows_what_its_docstring_promises(tmp_path):
 
 
 def test_quick_seli_reproduces_minority_collapse(tmp_path):
-    main(["experiment", "seli", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    r = json.loads((tmp_path / "results.json").read_text())
+    r = run_quick("seli", tmp_path)
     ref, sat = r["minority_collapse"], r["minority_collapse_saturating"]
     assert ref["ratios"] == [1, 10, 100] and ref["weight_decay"] == 1e-4
     np.testing.assert_allclose(ref["minority_cos"], [-0.111, 0.026, 0.317], atol=0.05)  # SCIENCE.md 5
@@ -51,8 +49,7 @@ def test_quick_seli_reproduces_minority_collapse(tmp_path):
 
 
 def test_quick_subspace_collapse_reports_the_convex_target(tmp_path):
-    main(["experiment", "subspace-collapse", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    summary = json.loads((tmp_path / "results.json").read_text())["summary"]
+    summary = run_quick("subspace-collapse", tmp_path)["summary"]
     assert summary["subspace_ratio_convex_optimum"] == pytest.approx(0.0344, abs=1e-3)  # lambda 1e-5
     assert summary["subspace_ratio_final"] < 0.5 * summary["subspace_ratio_first"]
     assert summary["subspace_ratio_final"] < summary["subspace_ratio_unprojected"]
@@ -107,8 +104,7 @@ def test_linguistic_collapse_grid_on_a_local_corpus(tmp_path):
 
 
 def test_quick_regularization_path_slope_is_the_lmm_nuclear_norm(tmp_path):
-    main(["experiment", "regularization-path", "--quick", "--device", "cpu", "--out", str(tmp_path)])
-    r = json.loads((tmp_path / "results.json").read_text())
+    r = run_quick("regularization-path", tmp_path)
     assert r["slope"] == pytest.approx(r["lmm_nuclear_norm"], rel=0.05)  # Zhao et al.: slope -> ||L_mm||_*
     pf = [row["pf_dist"] for row in r["path"]]
     cos = [row["cos_mm"] for row in r["path"]]

@@ -340,6 +340,11 @@ def test_measure_figures_plot_the_right_data(monkeypatch, tmp_path):
     np.testing.assert_allclose(np.sort(drawn["dual"][0]), np.sort(cos), rtol=1e-10)
 
 
+def other_tokens(loaded, corpus) -> int:
+    """Every labelled position of ``corpus`` at block size 20."""
+    return sum(len(b) - 1 for b in token_blocks(corpus, loaded.tokenizer, 20))
+
+
 def test_measure_model_is_stats_metrics_and_nc4_with_the_preset(tiny_models, tiny_corpus):
     """measure_model, the demo's and the grid's one call, against its three parts run by hand."""
     from lm_bridge.collect import measure_model
@@ -356,6 +361,10 @@ def test_measure_model_is_stats_metrics_and_nc4_with_the_preset(tiny_models, tin
                       min_count=1, positions="kept")
     assert (m.nc4.agreement, m.nc4.tokens, m.nc4.positions, m.nc4.loss) == (nc4.agreement, nc4.tokens, "kept", nc4.loss)
     assert 0 < m.nc4.tokens <= 30
+    default = measure_model(loaded, train, heldout, config, heldout_tokens=30)  # lc2024 is the default
+    assert default.metrics.to_dict() == want and default.nc4.positions == "kept"
+    capped = measure_model(loaded, train, heldout, CollectConfig(block_size=20, max_tokens=40))
+    assert capped.nc4.tokens <= 40 < other_tokens(loaded, heldout)  # without heldout_tokens: the config's cap
     other = measure_model(loaded, train, heldout, config, preset="papyan2020")
     assert other.nc4.positions == "all" and other.nc4.tokens > m.nc4.tokens
     assert other.metrics.options["center"] == "weighted" and m.metrics.options["center"] == "uniform"

@@ -409,7 +409,7 @@ def long_corpus(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("kills", [pytest.param(4), pytest.param(20, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kills", [pytest.param(2), pytest.param(20, marks=pytest.mark.slow)])
 def test_sigkilled_runs_resume_bit_identical_without_temp_files(kills, tiny_models, long_corpus, tmp_path):
     reference = tmp_path / "reference"
     assert main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(long_corpus), "--out", str(reference),

@@ -300,6 +300,10 @@ def minority_cos(ratio: int) -> float:
     return float((w @ w.T)[np.triu_indices(5, 1)].mean())
 
 
+# The default suite checks the same three reference values through the seli experiment's quick run
+# (tests/experiments/test_experiments.py::test_quick_seli_reproduces_minority_collapse); these
+# 20,000-step runs are the slow, independent second check.
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [1, 10, 100])
 def test_minority_collapse_reproduces_the_reference(ratio):
     assert minority_cos(ratio) == pytest.approx(MINORITY_REFERENCE[ratio], abs=0.05)

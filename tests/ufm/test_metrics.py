@@ -64,8 +64,12 @@ def test_options_and_presets_are_recorded():
                                                           spread_ddof=1)
     assert lc.cdnv_mean != collapse_metrics(stats, W).cdnv_mean
     assert collapse_metrics(stats).dual_error is None
-    with pytest.raises(ValueError, match="unknown metric preset 'nope'"):
+    with pytest.raises(ValueError, match="unknown metric preset 'nope'; known: papyan2020, lc2024$"):
         MetricOptions.preset("nope")
+    # Every computed metric finite: only the options left unset are explained (a survivor of the
+    # mutation run turned `or` into `and`, which explains every finite number too).
+    want = {"riesz_mean": "riesz_s was not set", "riesz_std": "riesz_s was not set"}
+    assert lc.undefined() == want and lc.to_dict()["undefined"] == want
 
 
 def test_lc2024_spreads_are_bessel_corrected_and_pairs_are_not():

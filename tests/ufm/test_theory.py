@@ -174,6 +174,9 @@ def test_fixed_h_linear_model():
 def test_simplex_etf_closed_form():
     e = simplex_etf(6)
     np.testing.assert_allclose(e @ e.T, simplex_etf_gram(6), atol=1e-14)
+    np.testing.assert_allclose(simplex_etf(2) @ simplex_etf(2).T, [[1, -1], [-1, 1]], atol=1e-14)  # the smallest
+    with pytest.raises(ValueError, match="at least 2 classes, got 1"):
+        simplex_etf(1)
 
 
 def test_chunked_ce_equals_dense_with_bias_and_layernorm():
