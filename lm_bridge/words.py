@@ -65,14 +65,6 @@ def read_tagged(folder: str | Path) -> list[list[tuple[str, str]]]:
     return sentences
 
 
-def read_plain(folder: str | Path) -> list[list[tuple[str, None]]]:
-    """Sentences of (word, None) from plain text, one sentence a line, words lower-cased."""
-    files = sorted(Path(folder).glob("*.txt")) if Path(folder).is_dir() else [Path(folder)]
-    sentences = [[(w, None) for w in re.findall(r"[\w']+|[^\w\s]", line.lower())]
-                 for path in files for line in path.read_text(encoding="utf-8").splitlines()]
-    return [s for s in sentences if s]
-
-
 @dataclass(frozen=True)
 class WordContexts:
     """NTP targets over words, with what each column and row means."""

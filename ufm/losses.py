@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .model import soft_label_ce
+from .model import soft_label_ce, support_logits
 
 LOSSES = ("ce", "mse")
 
@@ -29,7 +29,7 @@ def data_loss(loss: str, W, H, bias, pi, tokens, cols, probs, *, label_smoothing
         return ce
     # CE to (1-eps) p + eps/V = CE(p) + eps sum_j pi_j (p_j . l_j - mean_z l_zj).
     mean_logit = W.mean(0) @ H + (bias.mean() if bias is not None else 0.0)  # (B,)
-    return ce + label_smoothing * ((pi[cols] * probs * _support_logits(W, H, bias, tokens, cols)).sum()
+    return ce + label_smoothing * ((pi[cols] * probs * support_logits(W, H, bias, tokens, cols)).sum()
                                    - (pi * mean_logit).sum())
 
 
@@ -38,15 +38,9 @@ def mse_loss(W, H, bias, pi, tokens, cols, probs) -> torch.Tensor:
     sq = (H * ((W.T @ W) @ H)).sum(0)  # (B,) ||W h_j||^2
     if bias is not None:
         sq = sq + 2.0 * (bias @ W) @ H + bias.square().sum()
-    cross = torch.zeros_like(sq).index_add_(0, cols, probs * _support_logits(W, H, bias, tokens, cols))
+    cross = torch.zeros_like(sq).index_add_(0, cols, probs * support_logits(W, H, bias, tokens, cols))
     p2 = torch.zeros_like(sq).index_add_(0, cols, probs.square())
     return 0.5 * (pi * (sq - 2.0 * cross + p2)).sum()
-
-
-def _support_logits(W, H, bias, tokens, cols) -> torch.Tensor:
-    """l_zj on the targets' non-zeros, (nnz,)."""
-    out = (W[tokens] * H[:, cols].T).sum(1)
-    return out + bias[tokens] if bias is not None else out
 
 
 def mixup(H, pi, tokens, cols, probs, alpha: float, rng: np.random.Generator):

@@ -98,14 +98,17 @@ def _chunked_lse(W, H, bias, rows) -> torch.Tensor:
     return run_max + run_sum.log()
 
 
+def support_logits(W, H, bias, tokens, cols) -> torch.Tensor:
+    """l_zj = w_z . h_j (+ b_z) on the targets' non-zeros only, (nnz,): nothing V x m."""
+    out = (W[tokens] * H[:, cols].T).sum(1)
+    return out + bias[tokens] if bias is not None else out
+
+
 def soft_label_ce(W, H, bias, pi, tokens, cols, probs, *, chunk_entries: int | None = CHUNK_ENTRIES):
     """CE = sum_j pi_j [lse(l_j) - p_j . l_j] for l_j = W h_j + b; H (d, B) holds the batch's columns.
 
     chunk_entries None computes dense logits with plain autograd (the reference path)."""
-    target_logits = (W[tokens] * H[:, cols].T).sum(1)  # (nnz,) l_{z j} on the support
-    if bias is not None:
-        target_logits = target_logits + bias[tokens]
-    target = (pi[cols] * probs * target_logits).sum()
+    target = (pi[cols] * probs * support_logits(W, H, bias, tokens, cols)).sum()
     if chunk_entries is None:
         logits = W @ H + (bias[:, None] if bias is not None else 0.0)  # (V, B)
         return (pi * torch.logsumexp(logits, 0)).sum() - target
@@ -125,7 +128,6 @@ def sphere_columns(H: torch.Tensor, radius: float) -> torch.Tensor:
 
 # The feature models (train_ufm's ``features``): how the context features meet the word embeddings.
 FEATURE_MODELS = ("free", "deep_linear", "perturbed", "normalized", "fixed_h")
-NORMS = (None, "layernorm", "sphere")
 
 
 class UFMModel(torch.nn.Module):

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ._validate import check_finite, check_positive_int, resolve_device
 from .metrics import collapse_metrics
 from .losses import LOSSES, data_loss, mixup
-from .model import CHUNK_ENTRIES, FEATURE_MODELS, TargetTensors, UFMModel, soft_label_ce
+from .model import CHUNK_ENTRIES, FEATURE_MODELS, TargetTensors, UFMModel, soft_label_ce, support_logits
 from .stats import ClassStats, StatsAccumulator
 from .targets import NTPTargets
 from .theory import etf_classifier, sparse_component_values, subspace_collapse
@@ -439,9 +439,7 @@ class GeometryMonitor:
         ce = float(soft_label_ce(W, F, bias, d.pi, d.tokens, d.contexts, d.probs, chunk_entries=self.chunk_entries))
         row: dict[str, Any] = dict(ce=ce, ce_minus_entropy=ce - d.entropy)
         # In-support logits only: P_F(L) and the support means need nothing V x m.
-        l_sup = (W[d.tokens] * F[:, d.contexts].T).sum(1)  # (nnz,)
-        if bias is not None:
-            l_sup = l_sup + bias[d.tokens]
+        l_sup = support_logits(W, F, bias, d.tokens, d.contexts)  # (nnz,)
         k = torch.as_tensor(self.targets.support_sizes, dtype=l_sup.dtype, device=l_sup.device)
         col_mean = torch.zeros_like(k).index_add_(0, d.contexts, l_sup) / k
         pf = l_sup - col_mean[d.contexts]  # (nnz,) P_F(L) on the support

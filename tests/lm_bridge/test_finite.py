@@ -39,6 +39,22 @@ def test_loss_is_the_soft_label_ce_of_the_last_position():
     assert got > d.targets.entropy  # CE >= H
 
 
+def test_layer_states_are_the_last_positions_of_every_layer():
+    torch.manual_seed(0)
+    model = FiniteContextLM(10, 3, SMALL)
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    with torch.no_grad():
+        states = model.layer_states(tokens)
+        x = model.embed(tokens)
+        want = [x[:, -1]]
+        for block in model.blocks:
+            x = block(x)
+            want.append(x[:, -1])
+    assert len(states) == SMALL.layers + 2
+    for got, ref in zip(states, want + [model.norm(x[:, -1])]):
+        torch.testing.assert_close(got, ref)
+
+
 def test_causal_attention_ignores_later_positions():
     torch.manual_seed(0)
     model = FiniteContextLM(10, 3, SMALL)
