@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean mutation
+.PHONY: demo test install clean mutation mutation-sample
 
 install: $(VENV)/.installed
 
@@ -21,12 +21,24 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-# Mutation testing (docs/mutation.md), outside CI: hours on a small CPU. MUTANTS narrows it, e.g.
-# make mutation MUTANTS='ufm.pairwise*'
+# Mutation testing (docs/mutation.md), outside CI. `make mutation` tests every mutant (many hours on
+# a small CPU; MUTANTS narrows it, e.g. MUTANTS='ufm.pairwise*'); `make mutation-sample` a random
+# SAMPLE per module. Both end with the table of verdicts per module.
+SAMPLE ?= 60
+SEED ?= 0
+
 mutation: install
 	$(PY) -m pip install -q mutmut==3.8.1
 	$(VENV)/bin/mutmut run $(MUTANTS)
-	$(VENV)/bin/mutmut results
+	$(PY) tools/mutation.py report
+
+mutation-sample: install
+	$(PY) -m pip install -q mutmut==3.8.1
+	# A run that matches no mutant generates them all and maps tests to functions, then stops.
+	-$(VENV)/bin/mutmut run no-such-mutant
+	test -f mutants/mutmut-stats.json
+	$(VENV)/bin/mutmut run $$($(PY) tools/mutation.py sample --per-module $(SAMPLE) --seed $(SEED))
+	$(PY) tools/mutation.py report --survivors
 
 clean:
 	rm -rf $(VENV) mutants

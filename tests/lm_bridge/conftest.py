@@ -4,6 +4,11 @@ trained on a few lines: everything offline, built in seconds."""
 import pytest
 import torch
 
+# The model classes are imported when the tests are collected, not in a fixture: a mutation-testing
+# worker forked after collection then starts with them loaded (the first import of a transformers
+# model takes seconds).
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
+
 from lm_bridge.tokenizer import train_bpe_tokenizer
 
 LINES = [
@@ -15,9 +20,10 @@ LINES = [
 ] * 4
 
 
-def tiny_config(family: str, vocab: int):
-    from transformers import GPT2Config, GPTNeoConfig, LlamaConfig
+MODEL_CLASSES = {"gpt2": GPT2LMHeadModel, "gpt-neo": GPTNeoForCausalLM, "llama": LlamaForCausalLM}
 
+
+def tiny_config(family: str, vocab: int):
     special = dict(bos_token_id=0, eos_token_id=0)  # the tokenizer's EOS
     if family == "gpt2":
         return GPT2Config(vocab_size=vocab, n_positions=64, n_embd=16, n_layer=2, n_head=2, **special)
@@ -30,11 +36,9 @@ def tiny_config(family: str, vocab: int):
 
 
 def save_tiny_model(path, family: str, seed: int = 0, vocab_size: int = 300):
-    from transformers import AutoModelForCausalLM
-
     tokenizer = train_bpe_tokenizer(LINES, vocab_size)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(family, len(tokenizer)))
+    model = MODEL_CLASSES[family](tiny_config(family, len(tokenizer)))
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

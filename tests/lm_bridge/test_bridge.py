@@ -9,7 +9,7 @@ from tests.conftest import requires_cuda
 from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
 from lm_bridge.corpus import Corpus, CorpusError, document_ids, token_blocks
 from lm_bridge.models import ModelLoadError, capture_unembedding_input, load_model
-from ufm import PRESETS, ClassStats, collapse_metrics, stats_from_features
+from ufm import PRESETS, ClassStats, StatsAccumulator, collapse_metrics, stats_from_features
 from ufm.nc4 import nc4_agreement
 from ufm.stats import load_accumulators
 
@@ -109,16 +109,29 @@ def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, 
 def test_nc4_pass_equals_direct_computation(tiny_models, tiny_corpus):
     loaded = load_model(tiny_models["llama"])
     corpus = Corpus.open(tiny_corpus)
+    blocks = [torch.tensor(b) for b in token_blocks(corpus, loaded.tokenizer, 20)]
+    with torch.no_grad():  # a head that predicts the commonest next token where h leans its way: accuracy > 0
+        common = int(torch.cat([b[1:] for b in blocks]).mode().values)
+        h = torch.cat([loaded.model(input_ids=b[None], output_hidden_states=True).hidden_states[-1][0] for b in blocks])
+        loaded.model.lm_head.weight.zero_()
+        loaded.model.lm_head.weight[common] = h.mean(0)
     stats = collect_stats(loaded, corpus, CollectConfig(block_size=20), progress=False).stats
     result = collect_nc4(loaded, corpus, stats, CollectConfig(block_size=20, batch_size=2), progress=False)
-    feats, preds = [], []
+    feats, preds, losses, hits = [], [], [], []
     with torch.no_grad():
         for block in token_blocks(corpus, loaded.tokenizer, 20):
             out = loaded.model(input_ids=torch.tensor([block]), output_hidden_states=True)
             feats.append(out.hidden_states[-1][0, :-1])
             preds.append(out.logits[0, :-1].argmax(-1))
+            targets = torch.tensor(block[1:])
+            losses.append(torch.nn.functional.cross_entropy(out.logits[0, :-1].double(), targets, reduction="none"))
+            hits.append(preds[-1] == targets)
     assert result.agreement == nc4_agreement(torch.cat(feats), torch.cat(preds), stats)
     assert result.tokens == sum(len(f) for f in feats)
+    # The model's validation loss and top-1 accuracy over the same positions.
+    assert result.loss == pytest.approx(float(torch.cat(losses).mean()), rel=1e-6)
+    assert result.accuracy == pytest.approx(float(torch.cat(hits).double().mean()), abs=1e-12)
+    assert 0 < result.accuracy < 1
 
 
 def test_killed_run_resumes_to_the_same_statistics(tiny_models, tiny_corpus, tmp_path, monkeypatch):
@@ -145,6 +158,40 @@ def test_killed_run_resumes_to_the_same_statistics(tiny_models, tiny_corpus, tmp
     resumed = collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
     assert resumed.resumed_blocks == 6 and resumed.tokens == whole.tokens
     assert_bit_identical(resumed.stats, whole.stats)
+
+
+def test_checkpoints_land_every_n_blocks_and_a_finished_run_is_not_redone(tiny_models, tiny_corpus, tmp_path,
+                                                                          monkeypatch):
+    import lm_bridge.collect as collect
+
+    loaded = load_model(tiny_models["gpt2"])
+    corpus = Corpus.open(tiny_corpus)
+    config = CollectConfig(block_size=12, batch_size=1, checkpoint_every=2)
+    real, saved = collect.save_accumulators, []
+
+    def recording(path, accs, meta):
+        saved.append(meta["blocks_done"])
+        return real(path, accs, meta)
+
+    monkeypatch.setattr(collect, "save_accumulators", recording)
+    ckpt = tmp_path / "ckpt.safetensors"
+    first = collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
+    assert first.blocks >= 3
+    assert saved == [*range(2, first.blocks + 1, 2), first.blocks]  # every 2 blocks, and once at the end
+    assert first.stats.metadata["corpus"] == str(corpus.root) and first.stats.metadata["blocks"] == first.blocks
+    again = collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
+    assert again.resumed_blocks == first.blocks and again.tokens == first.tokens
+    assert_bit_identical(again.stats, first.stats)
+
+
+def test_state_bytes_are_the_accumulator_state():
+    from lm_bridge.collect import state_bytes
+
+    state = StatsAccumulator(7, 3).state()
+    assert state_bytes(7, 3) == sum(t.numel() * t.element_size() for t in state.values())
+    assert CollectConfig(batch_size=1).batch_size == 1
+    with pytest.raises(CollectError, match="batch size must be a positive integer, got 0"):
+        CollectConfig(batch_size=0)
 
 
 def test_checkpoint_of_another_model_is_refused(tiny_models, tiny_corpus, tmp_path):
@@ -187,8 +234,8 @@ def test_nan_hidden_states_name_the_batch(tiny_models, tiny_corpus):
     loaded = load_model(tiny_models["gpt2"])
     with torch.no_grad():
         loaded.model.transformer.ln_f.weight.fill_(float("nan"))
-    with pytest.raises(CollectError, match="NaN or Inf hidden states in batch 0"):
-        collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=12), progress=False)
+    with pytest.raises(CollectError, match=r"NaN or Inf hidden states in batch 0 \(final, blocks 0\.\.1 of this rank\)"):
+        collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=12, batch_size=2), progress=False)
 
 
 def test_token_accounting_is_exact(tiny_models, tiny_corpus):
@@ -282,6 +329,76 @@ def test_two_gloo_ranks_equal_one_process(tiny_models, tiny_corpus, tmp_path):
         assert torch.equal(merged.counts, single.stats.counts) and torch.equal(merged.sample_counts, single.stats.sample_counts)
         assert_same_stats(merged, single.stats, rtol=1e-9)
     assert np.isclose(merged.total, single.stats.total)
+
+
+def test_rank_zero_of_two_in_process(tiny_models, tiny_corpus, monkeypatch):
+    """The multi-rank paths of collect_stats and collect_nc4 in one process: rank 0 of two, whose
+    collectives report an empty second rank (the gloo tests run real ranks, in processes a coverage
+    tool cannot follow). Rank 0 takes the even blocks."""
+    import lm_bridge.collect as collect
+
+    loaded = load_model(tiny_models["gpt2"], dtype=torch.float64)
+    corpus = Corpus.open(tiny_corpus)
+    monkeypatch.setattr(collect, "_rank_world", lambda: (0, 2))
+    monkeypatch.setattr(collect.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(collect.dist, "all_gather_object", lambda out, obj: out.__setitem__(slice(None), [obj, (None, 0, 0)]))
+    monkeypatch.setattr(collect.dist, "all_reduce", lambda t: t)
+    even = [torch.tensor(b) for b in token_blocks(corpus, loaded.tokenizer, 12)][::2]
+    feats, losses = [], []
+    with torch.no_grad():
+        for ids in even:
+            out = loaded.model(input_ids=ids[None], output_hidden_states=True)
+            feats.append(out.hidden_states[-1][0, :-1])
+            losses.append(torch.nn.functional.cross_entropy(out.logits[0, :-1], ids[1:], reduction="none"))
+    result = collect_stats(loaded, corpus, CollectConfig(block_size=12, batch_size=2), progress=False)
+    assert (result.blocks, result.tokens) == (len(even), sum(len(b) - 1 for b in even))
+    assert_same_stats(result.stats, stats_from_features(torch.cat(feats), torch.cat([b[1:] for b in even]),
+                                                        loaded.vocab_size), rtol=1e-10)
+    nc4 = collect_nc4(loaded, corpus, result.stats, CollectConfig(block_size=12, batch_size=2), progress=False)
+    assert nc4.tokens == result.tokens
+    assert nc4.loss == pytest.approx(float(torch.cat(losses).mean()), rel=1e-10)
+
+
+def test_rank_merge_is_one_pass_over_every_rank(monkeypatch):
+    """The rank merge in-process, with three simulated ranks (the gloo test runs it for real, in spawned
+    processes no coverage tool follows): every rank's state is merged, a rank that saw no tokens
+    sends none, and blocks and tokens are summed."""
+    from types import SimpleNamespace
+
+    from lm_bridge import collect
+
+    k, d = 5, 3
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(30, d, dtype=torch.float64, generator=g)  # (N, D)
+    y = torch.randint(0, k, (30,), generator=g)  # (N,)
+
+    def accumulators(rows):  # the final layer and a layer of other features, as collect keeps them
+        return {collect.FINAL: StatsAccumulator(k, d).update(h[rows], y[rows]),
+                2: StatsAccumulator(k, d).update(h[rows].square(), y[rows])}
+
+    sent = []
+    others = [(None, 1, 0), ({n: a.state() for n, a in accumulators(slice(12, 30)).items()}, 3, 18)]
+
+    def all_gather_object(out, obj):
+        sent.append(obj)
+        out[:] = [obj, *others]
+
+    monkeypatch.setattr(collect.dist, "get_world_size", lambda: 3)
+    monkeypatch.setattr(collect.dist, "all_gather_object", all_gather_object)
+    loaded = SimpleNamespace(vocab_size=k, hidden_size=d, device=torch.device("cpu"))
+    merged, blocks, tokens = collect._merge_ranks(accumulators(slice(0, 12)), 2, 12, loaded)
+    assert (blocks, tokens) == (6, 30)
+    assert set(merged) == {collect.FINAL, 2}
+    for name, features in ((collect.FINAL, h), (2, h.square())):
+        assert_same_stats(merged[name].compute(), stats_from_features(features, y, k), rtol=1e-12)
+    assert set(sent[0][0]) == {collect.FINAL, 2} and sent[0][1:] == (2, 12)
+
+    # A rank without tokens sends no state, and its empty accumulators add nothing.
+    merged, blocks, tokens = collect._merge_ranks({n: StatsAccumulator(k, d) for n in (collect.FINAL, 2)}, 1, 0,
+                                                 loaded)
+    assert sent[1] == (None, 1, 0)
+    assert (blocks, tokens) == (5, 18)
+    assert_same_stats(merged[collect.FINAL].compute(), stats_from_features(h[12:], y[12:], k), rtol=1e-12)
 
 
 @requires_cuda

@@ -91,10 +91,12 @@ def test_measure_layers_all_writes_each_layer(tiny_models, tiny_corpus, tmp_path
 
 def test_layers_that_cannot_fit_are_refused_before_the_pass(tiny_models, tiny_corpus, monkeypatch):
     loaded = load_model(tiny_models["gpt2"])
-    monkeypatch.setattr(collect, "free_memory", lambda device: 10_000)
+    monkeypatch.setattr(collect, "free_memory", lambda device: 3 * 2**29)
+    monkeypatch.setattr(collect, "state_bytes", lambda k, d: 2**30)
     calls = []
     monkeypatch.setattr(collect, "forward_features", lambda *a, **k: calls.append(1))
-    with pytest.raises(CollectError, match=r"3 statistics states of K=\d+ x D=16 float64 need .* GiB"):
+    with pytest.raises(CollectError, match=r"3 statistics states of K=\d+ x D=16 float64 need 3.00 GiB, "
+                                           r"more than 50% of the 1.50 GiB free on cpu"):
         collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=20, layers=(0, 1)), progress=False)
     assert calls == []
     with pytest.raises(CollectError, match=r"layer\(s\) \[7\] do not exist: .* hidden states 0..2"):

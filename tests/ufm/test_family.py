@@ -291,6 +291,7 @@ T = one_hot([2, 2])
     (dict(features="fixed_h"), "features 'fixed_h' needs h0"),
     (dict(features="fixed_h", h0=np.zeros((2, 3))), r"h0 must have shape \(d, m\) = \(2, 4\)"),
     (dict(features="fixed_h", h0=np.zeros((2, 4)), classifier="etf"), "nothing to train"),
+    (dict(features="fixed_h", h0=np.full((2, 4), np.nan)), "h0 contains 8 NaN or Inf"),
     (dict(classifier=np.zeros((3, 2))), r"classifier must have shape \(V, d\) = \(2, 2\)"),
     (dict(classifier="orthogonal"), "classifier must be a \\(V, d\\) array or 'etf'"),
     (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),

@@ -10,6 +10,7 @@ from scipy.stats import ortho_group
 from tests.conftest import requires_cuda
 from tests.ufm.reference import naive_metrics
 from ufm import PRESETS, MetricOptions, collapse_metrics, stats_from_features
+from ufm.metrics import nc1_trace_ratio
 
 
 def samples(k=40, d=16, n=800, seed=0, weighted=True):
@@ -173,6 +174,43 @@ def test_coincident_means_give_infinite_cdnv():
     h = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.0, 3.0], [5.0, 0.0], [6.0, 0.0]])
     m = collapse_metrics(_stats(h, [0, 0, 1, 1, 2, 2], None, k=3))
     assert m.cdnv_mean == math.inf
+    reasons = m.undefined()
+    assert reasons["cdnv_mean"] == "two kept classes have the same mean (distance 0): infinite CDNV"
+    assert reasons["dual_error"] == reasons["unc_cov"] == "no classifier was given"
+
+
+def test_means_at_the_global_mean_say_why_they_are_undefined():
+    # Every class mean at the origin: no between-class scatter, no ETF error to normalize.
+    h = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
+    m = collapse_metrics(_stats(h, [0, 0, 1, 1], None, k=2), center="weighted")
+    assert math.isnan(m.etf_error)
+    reasons = m.undefined()
+    assert reasons["etf_error"] == "every class mean equals the global mean: M M^T is zero"
+    assert reasons["gnc_log_mean"].endswith("or a mean equals the global mean")
+    assert reasons["cos_mean"] == "a kept class mean equals the global mean (no direction), or all do (no spread)"
+    assert reasons["cdnv_mean"] == "two kept classes have the same mean (distance 0): infinite CDNV"
+    assert reasons["dual_cos_mean"] == reasons["dual_error"] == "no classifier was given"
+    # The pseudo-inverse of a zero S_B is zero: Tr(S_W S_B^+) = 0, not 0/0.
+    assert nc1_trace_ratio(torch.eye(2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)) == 0.0
+
+
+def test_tile_size_is_recorded_and_changes_nothing_else():
+    h, y, w, W = samples(k=12, d=4, n=100)
+    stats = _stats(h, y, w, k=12)
+    tiled, whole = collapse_metrics(stats, W, tile_size=5), collapse_metrics(stats, W)
+    assert tiled.options["tile_size"] == 5 and whole.options["tile_size"] is None
+    for key, value in whole.to_dict().items():
+        if key not in ("options", "undefined") and value is not None:
+            assert tiled.to_dict()[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
+
+
+def test_a_long_sweep_warns_with_its_expected_hours(monkeypatch):
+    import ufm.metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "expected_sweep_seconds", lambda k, d, device: 1000 * 3600.0)
+    stats = _stats(*samples(k=5, d=3, n=40)[:3], k=5)
+    with pytest.warns(UserWarning, match=r"5 kept classes \(D = 3\) is expected to take ~1000\.0 h on cpu"):
+        collapse_metrics(stats)
 
 
 def test_bad_inputs():

@@ -26,6 +26,9 @@ def test_public_names_and_shapes():
     means = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0.5, 0.5]])
     between = ((means - means.mean(0)) ** 2).sum() / 3
     assert ufm.variability_ratio(stats) == pytest.approx((2 * 0.5 / 4) / between, rel=1e-12)
+    # An empty class takes no part in S_B: the same samples with an unused label give the same ratio.
+    gap = ufm.stats_from_features(np.eye(4), [0, 1, 3, 3], 4)
+    assert ufm.variability_ratio(gap) == pytest.approx(ufm.variability_ratio(stats), rel=1e-12)
     assert ufm.losses.LOSSES == ("ce", "mse")
 
 

@@ -8,6 +8,7 @@ from tests.conftest import requires_cuda
 from tests.ufm.reference import naive_stats
 from ufm import ClassStats, StatsAccumulator, StatsFileError, stats_from_features
 from ufm.io import atomic_write
+from ufm.stats import load_accumulators, save_accumulators
 
 FIELDS = ("counts", "sample_counts", "means", "var_traces", "within_scatter")
 
@@ -184,12 +185,44 @@ def test_empty_inputs():
         acc.compute()
 
 
+def test_checkpoint_round_trip_is_exact_and_refuses_an_inconsistent_state(tmp_path):
+    h, y, w = random_samples(n=50, k=4, d=3)
+    accs = {"final": StatsAccumulator(4, 3).update(h, y, w), "1": StatsAccumulator(4, 3).update(2 * h, y)}
+    save_accumulators(tmp_path / "ckpt.safetensors", accs, {"blocks_done": 3})
+    loaded, metadata = load_accumulators(tmp_path / "ckpt.safetensors")
+    assert metadata["blocks_done"] == 3 and set(loaded) == {"final", "1"}
+    for name, acc in accs.items():
+        for key, value in acc.state().items():
+            assert torch.equal(loaded[name].state()[key], value), (name, key)
+    accs["1"]._m2 = torch.zeros(5, dtype=torch.float64)  # one class too many
+    save_accumulators(tmp_path / "bad.safetensors", accs, {})
+    with pytest.raises(StatsFileError, match=r"bad.safetensors holds an inconsistent accumulator state: state 'm2'"):
+        load_accumulators(tmp_path / "bad.safetensors")
+
+
+def test_errors_name_the_argument_and_copies_keep_the_metadata(tmp_path):
+    with pytest.raises(ValueError, match=r"features must have shape \(N, D\), got \(3,\)"):
+        stats_from_features(np.zeros(3), [0, 1, 2], 3)
+    with pytest.raises(TypeError, match="weights must be a tensor or array, got list"):
+        StatsAccumulator(2, 2).update(np.zeros((2, 2)), [0, 1], weights=["a", "b"])
+    good = stats_from_features(np.eye(3), [0, 1, 2], 3)
+    with pytest.raises(ValueError, match="sample_counts must have shape"):
+        ClassStats(good.counts, good.sample_counts[:2], good.means, good.var_traces, good.within_scatter)
+    tagged = ClassStats(good.counts, good.sample_counts, good.means, good.var_traces, good.within_scatter,
+                        metadata={"model": "m"})
+    assert tagged.to("cpu").metadata == {"model": "m"}
+    path = tmp_path / "header.safetensors"  # a header length that fits, then bytes that are not JSON
+    path.write_bytes((16).to_bytes(8, "little") + b"{not json at all" + b"\0" * 8)
+    with pytest.raises(StatsFileError, match="is not a statistics file \\(unreadable header\\)"):
+        ClassStats.load(path)
+
+
 def test_bad_construction_and_merge():
     with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
         StatsAccumulator(0, 3)
     with pytest.raises(ValueError, match=r"cannot merge statistics of \(K=5, D=3\)"):
         StatsAccumulator(4, 3).merge(StatsAccumulator(5, 3))
-    with pytest.raises(TypeError, match="can only merge a StatsAccumulator"):
+    with pytest.raises(TypeError, match="can only merge a StatsAccumulator, got str"):
         StatsAccumulator(4, 3).merge("stats")
     good = stats_from_features(np.eye(3), [0, 1, 2], 3)
     with pytest.raises(ValueError, match=r"within_scatter must have shape \(3, 3\)"):

@@ -13,6 +13,8 @@ from tests.conftest import requires_cuda
 from ufm import collapse_metrics
 from ufm.convex import (ConvexSolveError, LogitsProblem, linear_finite_component, linear_ntp_svm,
                         ntp_svm, ntp_svm_result)
+from ufm import theory
+from ufm.convex import hull_distances
 from ufm.targets import NTPTargets, one_hot, random_supports
 from ufm.theory import (centered_support, gram_cosine, one_hot_lmm, project_f, seli, simplex_etf,
                         simplex_etf_gram, sparse_component, subspace_collapse_ratio, support_certificate)
@@ -144,6 +146,70 @@ def test_support_certificate_agrees_with_cvxpy(seed, m, v):
     else:
         # Not certified: S~ is strictly worse, so its nuclear norm exceeds the optimum's.
         assert np.linalg.norm(centered_support(S), "nuc") > np.linalg.norm(l_mm, "nuc") + 1e-6
+
+
+def _polar_by_eigh(a: np.ndarray) -> np.ndarray:
+    """U_r V_r^T of a (V, m) matrix as a (a^T a)^(+1/2), from an eigendecomposition, not an SVD."""
+    evals, evecs = np.linalg.eigh(a.T @ a)
+    keep = evals > evals.max() * 1e-12
+    inv_sqrt = (evecs[:, keep] / np.sqrt(evals[keep])) @ evecs[:, keep].T
+    return a @ inv_sqrt
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_support_certificate_is_the_polar_factor(seed):
+    """The certificate's polar factor and largest off-support entry against an eigendecomposition,
+    and its verdict against cvxpy, on supports that include both verdicts."""
+    verdicts = set()
+    for m, v in ((5, 6), (6, 5)):
+        S = random_supports(m, v, (1, v - 1), seed=seed).support()
+        cert = support_certificate(S)
+        polar = _polar_by_eigh(centered_support(S))
+        np.testing.assert_allclose(cert.polar, polar, atol=1e-9)
+        assert cert.max_off_support == pytest.approx(polar[S == 0].max(), abs=1e-9)
+        assert cert.exact == (cert.max_off_support <= 1e-9)
+        assert support_certificate(S, tol=cert.max_off_support).exact  # the bound itself is allowed
+        l_mm = ntp_svm_result(S).solution
+        if cert.exact:
+            assert gram_cosine(l_mm, centered_support(S)) == pytest.approx(1.0, abs=1e-5)
+        else:  # S~ is feasible but not optimal: its nuclear norm is larger
+            assert np.linalg.norm(centered_support(S), "nuc") > np.linalg.norm(l_mm, "nuc") + 1e-6
+        verdicts.add(cert.exact)
+    if seed == 0:
+        assert verdicts == {True, False}
+
+
+def test_support_certificate_of_a_full_support():
+    """Every word in every support: no off-support entry to check, S~ = 0, and a zero polar factor."""
+    cert = support_certificate(np.ones((4, 3)))
+    assert cert.exact and cert.max_off_support == -np.inf
+    np.testing.assert_array_equal(cert.polar, np.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("W", [
+    pytest.param(theory.etf_classifier(k, k - 1), id=f"simplex-{k}") for k in (3, 4, 6)] + [
+    pytest.param(np.stack([np.cos(2 * np.pi * np.arange(k) / k), np.sin(2 * np.pi * np.arange(k) / k)], 1), id=f"{k}-gon")
+    for k in (5, 7)] + [pytest.param(np.concatenate([np.eye(3), -np.eye(3)]), id="cross-polytope-3")])
+def test_softmax_code_rho_is_the_hull_distance_of_its_configuration(W):
+    """The closed forms against cvxpy's distances of each known optimum to the hull of the others."""
+    rho = theory.softmax_code_rho(*W.shape)
+    np.testing.assert_allclose(hull_distances(W), rho, atol=1e-6)
+
+
+def test_span_residual_is_relative_to_the_vector():
+    basis = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    coef, residual = theory.span_residual(np.array([3.0, 4.0, 12.0]), basis)
+    np.testing.assert_allclose(coef, [3.0, 4.0], atol=1e-12)
+    assert residual == pytest.approx(12.0 / 13.0, rel=1e-12)
+    assert math.isnan(theory.span_residual(np.zeros(3), basis)[1])
+
+
+def test_imbalanced_frame_takes_a_class_of_one_sample():
+    # s_k^2 = sqrt(n_k lambda_H / lambda_W) - N lambda_H (SCIENCE.md section 5), positive for n_k = 1 here.
+    frame = theory.imbalanced_mse_frame([5, 1], 1e-3)
+    np.testing.assert_allclose(frame.s2, np.sqrt([5.0, 1.0]) - 6e-3, rtol=1e-12)
+    with pytest.raises(ValueError, match="counts must be >= 1"):
+        theory.imbalanced_mse_frame([5, 0], 1e-3)
 
 
 def test_fixed_h_linear_model():

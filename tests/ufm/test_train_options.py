@@ -1,11 +1,13 @@
 """train_ufm's options, each against what it promises (issue 16, item 5)."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from ufm.targets import one_hot, random_supports
-from ufm.train import train_ufm
+from ufm.train import TrainConfig, _lr_at, train_ufm
 
 T = random_supports(12, 6, (1, 3), probs="zipf", seed=2)
 
@@ -48,3 +50,27 @@ def test_minibatches_reach_the_full_batch_optimum():
     full = train_ufm(t, 8, weight_decay=5e-3, steps=3000, device="cpu", snapshots=[3000])
     mini = train_ufm(t, 8, weight_decay=5e-3, steps=3000, batch_size=10, device="cpu", snapshots=[3000])
     assert mini.history[-1]["objective"] == pytest.approx(full.history[-1]["objective"], rel=1e-2)
+
+
+def test_learning_rate_schedules():
+    """Cosine from lr down to lr * 1e-3 at the last step, by the formula; constant stays at lr."""
+    cosine = TrainConfig(dim=2, weight_decay=0.0, steps=5, lr=0.1)
+    want = [0.1 * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * s / 4))) for s in range(5)]
+    assert [_lr_at(cosine, s) for s in range(5)] == pytest.approx(want, rel=1e-12)
+    assert _lr_at(cosine, 0) == pytest.approx(0.1) and _lr_at(cosine, 4) == pytest.approx(1e-4)
+    assert [_lr_at(TrainConfig(dim=2, weight_decay=0.0, steps=2, lr=0.1), s) for s in range(2)] == pytest.approx([0.1, 1e-4])
+    assert {_lr_at(TrainConfig(dim=2, weight_decay=0.0, steps=5, lr=0.1, lr_schedule="constant"), s) for s in range(5)} == {0.1}
+    r = train_ufm(one_hot([2, 2]), 2, weight_decay=1e-3, steps=4, snapshots=[0, 4])  # device "auto"
+    assert r.steps().dtype == np.int64 and list(r.steps()) == [0, 4]
+
+
+@pytest.mark.parametrize("normalize", ["features", "words", "both"])
+def test_normalized_ufm_puts_on_the_sphere_only_what_it_names(normalize):
+    r = train_ufm(one_hot([3, 3, 3]), 4, weight_decay=1e-3, steps=50, device="cpu", features="normalized",
+                  normalize=normalize, radius=2.0, snapshots=[])
+    model = r.model
+    h = model.features().detach()  # (d, m) the features that meet W
+    w = model.words().detach()  # (V, d)
+    on_sphere = lambda norms: bool(torch.allclose(norms, torch.full_like(norms, 2.0), rtol=1e-9))  # noqa: E731
+    assert on_sphere(h.norm(dim=0)) == (normalize in ("features", "both"))
+    assert on_sphere(w.norm(dim=1)) == (normalize in ("words", "both"))
