@@ -33,11 +33,11 @@ def test_perturbation_optimum_below_h0(tmp_path):
     r = run("perturbation", tmp_path)
     assert r["all_below_h0"]
     mse = [row for row in r["rows"] if row["loss"] == "mse"]
-    assert [row["beta"] for row in mse] == [1e-2, 1.0]
+    assert [row["beta"] for row in mse] == [3e-2, 1.0]
     ratios = [row["ratio"] for row in mse]
     assert ratios == sorted(ratios) and ratios[-1] > 0.95 * r["h0_ratio"]  # back to H0 as beta grows
     assert mse[-1]["stationarity"] < 1e-6 and mse[0]["stationarity"] < 1e-4
-    assert r["feature_decay_stronger_at_beta"]["mse"] == [1e-2, 1.0]
+    assert r["feature_decay_stronger_at_beta"]["mse"] == [3e-2, 1.0]
 
 
 def test_mixup_span_and_symmetry(tmp_path):
