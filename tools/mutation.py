@@ -3,8 +3,8 @@
     python tools/mutation.py sample --per-module 60 --seed 0   # names of a random sample of mutants
     python tools/mutation.py report                            # verdicts per module, with the score
 
-Both read mutmut's own records (``mutants/**/*.py.meta``): ``sample`` needs the mutants generated
-(any ``mutmut run``), ``report`` the verdicts. Mutants judged equivalent are listed, with the reason,
+Both read mutmut's own records (``mutants/**/*.py.meta``) and run where mutmut is installed:
+``sample`` needs the mutants generated (any ``mutmut run``), ``report`` the verdicts. Mutants judged equivalent are listed, with the reason,
 in ``docs/mutation-equivalent.txt``; the score is killed / (checked - equivalent), with a Wilson 95%
 interval when only a sample was checked.
 """
@@ -21,17 +21,17 @@ from scipy.stats import binomtest
 
 ROOT = Path(__file__).resolve().parent.parent
 EQUIVALENT = ROOT / "docs" / "mutation-equivalent.txt"
-# mutmut's exit codes (mutmut/stats.py): 1 and 3 are kills, SIGXCPU codes are timeouts.
-VERDICTS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", None: "unchecked",
-            -24: "timeout", 24: "timeout", 36: "timeout", 152: "timeout", 255: "timeout"}
+UNCHECKED = "not checked"  # mutmut's verdict for a mutant not run yet
 
 
 def verdicts(mutants: Path) -> dict[str, dict[str, str]]:
-    """{module file: {mutant name: verdict}} from mutmut's records."""
+    """{module file: {mutant name: verdict}} from mutmut's records, named by mutmut's own table."""
+    from mutmut.stats import status_by_exit_code  # installed for mutation runs only
+
     out = {}
     for meta in sorted(mutants.rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
-        out[str(meta.relative_to(mutants))[: -len(".meta")]] = {k: VERDICTS.get(v, "suspicious") for k, v in codes.items()}
+        out[str(meta.relative_to(mutants))[: -len(".meta")]] = {k: status_by_exit_code[v] for k, v in codes.items()}
     return out
 
 
@@ -57,8 +57,9 @@ def report(by_module: dict[str, dict[str, str]], equivalent: set[str]) -> str:
             "|" + " --- |" * 10]
     for module, mutants in by_module.items():
         counts = Counter(mutants.values())
-        checked = sum(n for v, n in counts.items() if v != "unchecked")
-        equiv = sum(1 for k, v in mutants.items() if k in equivalent and v != "unchecked")
+        checked = sum(n for v, n in counts.items() if v != UNCHECKED)
+        # Only a survivor can be equivalent: a listed mutant that a test now kills counts as killed.
+        equiv = sum(1 for k, v in mutants.items() if k in equivalent and v == "survived")
         kills = counts["killed"] + counts["timeout"]
         judged = checked - equiv
         score, interval = "-", "-"

@@ -136,15 +136,17 @@ def test_one_shared_support_gives_rank_one_centered_support():
 @settings(max_examples=8)
 @given(seed=st.integers(0, 10_000), m=st.integers(2, 6), v=st.integers(3, 6))
 def test_support_certificate_agrees_with_cvxpy(seed, m, v):
-    t = random_supports(m, v, (1, v - 1), seed=seed)
-    S = t.support()
+    S = random_supports(m, v, (1, v - 1), seed=seed).support()
+    assert_verdict_matches_cvxpy(S, support_certificate(S))
+
+
+def assert_verdict_matches_cvxpy(S: np.ndarray, cert) -> None:
+    """Certified: S~ is L_mm (cvxpy's NTP-SVM) up to scale. Not certified: S~ is feasible but strictly
+    worse, so its nuclear norm exceeds the optimum's."""
     l_mm = ntp_svm_result(S).solution
-    cert = support_certificate(S)
-    cos = gram_cosine(l_mm, centered_support(S))
     if cert.exact:
-        assert cos == pytest.approx(1.0, abs=1e-5)
+        assert gram_cosine(l_mm, centered_support(S)) == pytest.approx(1.0, abs=1e-5)
     else:
-        # Not certified: S~ is strictly worse, so its nuclear norm exceeds the optimum's.
         assert np.linalg.norm(centered_support(S), "nuc") > np.linalg.norm(l_mm, "nuc") + 1e-6
 
 
@@ -169,11 +171,7 @@ def test_support_certificate_is_the_polar_factor(seed):
         assert cert.max_off_support == pytest.approx(polar[S == 0].max(), abs=1e-9)
         assert cert.exact == (cert.max_off_support <= 1e-9)
         assert support_certificate(S, tol=cert.max_off_support).exact  # the bound itself is allowed
-        l_mm = ntp_svm_result(S).solution
-        if cert.exact:
-            assert gram_cosine(l_mm, centered_support(S)) == pytest.approx(1.0, abs=1e-5)
-        else:  # S~ is feasible but not optimal: its nuclear norm is larger
-            assert np.linalg.norm(centered_support(S), "nuc") > np.linalg.norm(l_mm, "nuc") + 1e-6
+        assert_verdict_matches_cvxpy(S, cert)
         verdicts.add(cert.exact)
     if seed == 0:
         assert verdicts == {True, False}
