@@ -64,3 +64,17 @@ def versions() -> dict[str, str]:
 
     return dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
                 collapse_lab=ufm.__version__)
+
+
+LOG_FLOOR = 1e-16  # log axes draw smaller values (float64 zeros, round-off) at this floor
+
+
+def floored(values) -> np.ndarray:
+    """Values for a log axis: those below LOG_FLOOR (exact zeros included) drawn at it."""
+    return np.maximum(np.asarray(values, dtype=np.float64), LOG_FLOOR)
+
+
+def floored_label(label: str) -> str:
+    """A log axis's label that says values are floored, so that a flat line at 1e-16 reads as
+    "converged to round-off", not as a measurement."""
+    return f"{label} (values < {LOG_FLOOR:g} drawn at {LOG_FLOOR:g})"

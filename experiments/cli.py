@@ -13,18 +13,56 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import ufm
-from lm_bridge.report import format_table
-from ufm._validate import resolve_device
 from ufm.io import write_json
-from ufm.threads import set_threads
+from ufm.presets import PRESETS
+
+# Every module that needs torch, transformers, scipy or matplotlib is imported inside the command
+# that uses it: `collapse --help` and argument errors answer without loading any of them.
+
+
+def resolve_device(device: str):
+    from ufm._validate import resolve_device as resolve
+
+    return resolve(device)
+
+
+def format_table(rows):
+    from lm_bridge.report import format_table as fmt
+
+    return fmt(rows)
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, or a usage error naming the flag's rule."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def support_range(text: str) -> tuple[int, int]:
+    """--support: k or k_min,k_max, positive integers."""
+    lo, _, hi = text.partition(",")
+    try:
+        low, high = int(lo), int(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes k or k_min,k_max (integers), got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"needs 1 <= k_min <= k_max, got {text!r}")
+    return low, high
+
 
 def add_common(parser: argparse.ArgumentParser, *, out_required: bool = False) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -34,7 +72,9 @@ def add_common(parser: argparse.ArgumentParser, *, out_required: bool = False) -
 
 def metric_options(args: argparse.Namespace) -> dict:
     """The preset's options with the explicit flags on top; every option named, defaults included."""
-    base = asdict(ufm.MetricOptions.preset(args.preset) if args.preset else ufm.MetricOptions())
+    from ufm.metrics import MetricOptions
+
+    base = asdict(MetricOptions.preset(args.preset) if args.preset else MetricOptions())
     for key in ("cdnv_power", "min_count", "center", "spread_ddof"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
@@ -49,7 +89,7 @@ def describe_options(preset: str | None, options: dict) -> str:
 
 
 def add_metric_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(ufm.PRESETS), default=None,
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="metric choices of a paper (lc2024: Wu & Papyan's code, CDNV power 4, "
                              "Bessel spreads, NC4 on kept next tokens; papyan2020)")
     parser.add_argument("--cdnv-power", type=float, default=None,
@@ -68,6 +108,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    import ufm
+
     device = resolve_device(args.device)
     stats = ufm.ClassStats.load(args.stats, device=device)
     classifier = None
@@ -95,16 +137,21 @@ def simulation_targets(args: argparse.Namespace):
     if args.targets == "imbalanced":
         half = args.classes // 2
         return t.one_hot([args.per_class * args.ratio] * half + [args.per_class] * (args.classes - half))
-    lo, _, hi = args.support.partition(",")
-    support = (int(lo), int(hi or lo))
     patterns = args.patterns if args.targets == "shared" else None
-    return t.random_supports(args.contexts, args.vocab, support, probs=args.probs, num_patterns=patterns,
+    return t.random_supports(args.contexts, args.vocab, args.support, probs=args.probs, num_patterns=patterns,
                              seed=args.seed)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ufm.train import train_ufm
 
+    sphere = {"--radius": args.radius, "--normalize": args.normalize}
+    stray = [flag for flag, value in sphere.items() if value is not None]
+    if stray and args.features != "normalized":
+        raise ValueError(f"{' and '.join(stray)} {'belongs' if len(stray) == 1 else 'belong'} to --features normalized (the sphere), not "
+                         f"--features {args.features}, which would ignore them")
     targets = simulation_targets(args)
     h0 = None
     if args.features in ("perturbed", "fixed_h"):
@@ -115,7 +162,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, bias=args.bias, layernorm=args.layernorm, batch_size=args.batch_size,
         loss=args.loss, label_smoothing=args.label_smoothing, mixup_alpha=args.mixup_alpha,
         features=args.features, feature_decay=args.feature_decay, depth=args.depth, beta=args.beta,
-        radius=args.radius, normalize=args.normalize, h0=h0,
+        radius=args.radius or 1.0, normalize=args.normalize or "both", h0=h0,
         device=args.device, seed=args.seed, snapshots=args.snapshots, track_metrics=True, progress=True,
     )
     rows = [(f"step {h['step']}", h["metrics"]) for h in result.history if "metrics" in h]
@@ -183,7 +230,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
                            checkpoint_every=args.checkpoint_every)
     if len(paths) > 1:
         rows = measure_series(paths, corpus, args.out, config, mopts, layers=args.layers, heldout=heldout,
-                              device=resolve_device(device))
+                              device=resolve_device(device), allow_mixed=args.allow_mixed)
         if rank == 0:
             print(format_table([(f"{r['name']} (step {r['step']})", r) for r in rows]))
             print(f"wrote {args.out}/series.csv ({len(rows)} checkpoints) and metrics_vs_step.png")
@@ -193,6 +240,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     summary = measure_folder(loaded, corpus, args.out, config, mopts, heldout=heldout)
     if summary is None:
         return 0
+    if summary["resumed_blocks"]:
+        print(f"resumed from {args.out}/checkpoint.safetensors: {summary['resumed_blocks']} of {summary['blocks']} "
+              "blocks were measured by an earlier, interrupted run")
     print(f"model {loaded.path} (identity {loaded.identity}, hashed in {loaded.identity_seconds:.2f} s); "
           f"statistics state {summary['state_gib']:.3f} GiB")
     print(format_table([(summary["model"]["name"], summary["metrics"]),
@@ -229,8 +279,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = TrainSpec(depth=args.depth, width=args.width, heads=args.heads, epochs=args.epochs,
                      weight_decay=args.weight_decay, lr=args.lr, batch_size=args.batch_size,
                      block_size=args.block_size, seed=args.seed, max_train_tokens=args.max_tokens)
-    for r in train_clm(spec, tokenizer, train, val, args.out, device=args.device):
-        print(f"epoch {r.epoch}: train loss {r.train_loss:.4f}, validation loss {r.val_loss:.4f} -> {r.path}")
+    results = train_clm(spec, tokenizer, train, val, args.out, device=args.device)
+    done = [r.epoch for r in results if r.resumed]
+    if done:
+        print(f"resumed the run in {args.out}: epoch(s) {', '.join(map(str, done))} were finished by an earlier run")
+    for r in results:
+        print(f"epoch {r.epoch}: train loss {r.train_loss:.4f}, validation loss {r.val_loss:.4f} -> {r.path}"
+              + (" (earlier run)" if r.resumed else ""))
     return 0
 
 
@@ -260,6 +315,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         num, _, den = frac.partition("/")
         if not (name and num and den):
             raise ValueError(f"--ratio takes NAME=A/B, got {spec!r}")
+        if name in ratios:
+            raise ValueError(f"--ratio defines {name!r} twice")
         ratios[name] = (num, den)
     metrics = [m for m in args.metrics.split(",") if m] if args.metrics else None
     analysis = analyze_table(rows, args.loss, metrics=metrics, log10=tuple(args.log10), ratios=ratios,
@@ -274,6 +331,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.group:
         caption += (f" Rows grouped by {args.group} ({analysis.num_groups} groups): R^2 and rho also over "
                     "the groups' means, since rows of one group are not independent.")
+    if analysis.left_out:
+        caption += " Not analysed (not numeric): " + ", ".join(f"{k} ({v})" for k, v in analysis.left_out.items()) + "."
     atomic_write(args.out / "analysis.md", lambda tmp: tmp.write_text(f"{caption}\n\n{table}\n"))
     print(caption)
     print(table)
@@ -285,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="collapse",
         description="Collapse Lab: neural-collapse geometry of next-token prediction, simulated and measured.",
-        epilog="Start with `collapse demo` (the main job, ~5 min on a 2-core CPU) or `collapse COMMAND --help`.\n"
+        epilog="Start with `collapse demo` (the main job, ~2 min on a 2-core CPU) or `collapse COMMAND --help`.\n"
                "Threads: --threads N (or OMP_NUM_THREADS) fixes the count; otherwise small UFM problems run\n"
                "on one thread (faster on a small, shared CPU) and forward passes and big GEMMs on all cores.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -294,30 +353,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for everything (default: chosen from the work; see below)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="the main job: two CLMs on Shakespeare, measured, next to the UFM (~5 min)")
+    demo = sub.add_parser("demo", help="the main job: two CLMs on Shakespeare, measured, next to the UFM (~2 min)")
     add_common(demo)
     demo.set_defaults(func=cmd_demo)
 
     sim = sub.add_parser("simulate", help="train the NTP unconstrained-features model, print its metrics")
     sim.add_argument("--targets", choices=["balanced", "imbalanced", "random", "shared"], default="balanced",
                      help="one-hot (balanced / imbalanced) or sparse soft labels (random / shared supports)")
-    sim.add_argument("--classes", type=int, default=10, help="K for one-hot targets")
-    sim.add_argument("--per-class", type=int, default=5, help="contexts per (minority) class")
-    sim.add_argument("--ratio", type=int, default=10, help="imbalance ratio n_major / n_minor")
-    sim.add_argument("--contexts", type=int, default=60, help="m for soft-label targets")
-    sim.add_argument("--vocab", type=int, default=30, help="V for soft-label targets")
-    sim.add_argument("--support", default="2,5", help="support size k or range k_min,k_max")
-    sim.add_argument("--patterns", type=int, default=6, help="distinct supports (shared)")
+    sim.add_argument("--classes", type=int_at_least(2), default=10, help="K >= 2 for one-hot targets (default 10)")
+    sim.add_argument("--per-class", type=int_at_least(1), default=5, help="contexts per (minority) class (default 5)")
+    sim.add_argument("--ratio", type=int_at_least(1), default=10, help="imbalance ratio n_major / n_minor (default 10)")
+    sim.add_argument("--contexts", type=int_at_least(1), default=60, help="m for soft-label targets (default 60)")
+    sim.add_argument("--vocab", type=int_at_least(2), default=30, help="V for soft-label targets (default 30)")
+    sim.add_argument("--support", type=support_range, default=(2, 5),
+                     help="support size k or range k_min,k_max (default 2,5)")
+    sim.add_argument("--patterns", type=int_at_least(1), default=6, help="distinct supports (shared; default 6)")
     sim.add_argument("--probs", choices=["uniform", "zipf"], default="zipf")
-    sim.add_argument("--dim", type=int, default=16, help="d")
+    sim.add_argument("--dim", type=int_at_least(1), default=16, help="d (default 16)")
     sim.add_argument("--weight-decay", type=float, default=1e-3, help="lambda")
-    sim.add_argument("--steps", type=int, default=20_000)
+    sim.add_argument("--steps", type=int_at_least(0), default=20_000, help="optimizer steps (default 20,000)")
     sim.add_argument("--optimizer", choices=["adam", "gd", "ngd"], default="adam")
     sim.add_argument("--lr", type=float, default=None, help="default: per optimizer")
     sim.add_argument("--batch-size", type=int, default=None, help="contexts per step (default: all)")
     sim.add_argument("--bias", action="store_true")
     sim.add_argument("--layernorm", action="store_true")
-    sim.add_argument("--snapshots", type=int, default=6)
+    sim.add_argument("--snapshots", type=int_at_least(0), default=6, help="log-spaced steps reported (default 6)")
     family = sim.add_argument_group("the UFM family (train_ufm; undefined combinations are refused)")
     family.add_argument("--loss", choices=["ce", "mse"], default="ce")
     family.add_argument("--label-smoothing", type=float, default=0.0, help="eps (loss ce)")
@@ -327,15 +387,21 @@ def build_parser() -> argparse.ArgumentParser:
     family.add_argument("--feature-decay", type=float, default=None, help="lambda_H (default: --weight-decay)")
     family.add_argument("--depth", type=int, default=0, help="deep_linear: trained layers")
     family.add_argument("--beta", type=float, default=0.0, help="perturbed: (beta/2)||H - H0||^2")
-    family.add_argument("--radius", type=float, default=1.0, help="normalized: sphere radius")
-    family.add_argument("--normalize", choices=["features", "words", "both"], default="both",
-                        help="normalized: which vectors lie on the sphere")
+    family.add_argument("--radius", type=float, default=None, help="normalized: sphere radius (default 1)")
+    family.add_argument("--normalize", choices=["features", "words", "both"], default=None,
+                        help="normalized: which vectors lie on the sphere (default both)")
     add_common(sim)
     sim.set_defaults(func=cmd_simulate)
 
-    from experiments import REGISTRY
+    from experiments import SUMMARIES
 
-    exp = sub.add_parser("experiment", help=f"run a reproduction: {', '.join(REGISTRY)}")
+    listing = "\n".join(f"  {name:21s} {what}" for name, what in SUMMARIES.items())
+    exp = sub.add_parser("experiment", help=f"run a reproduction: {', '.join(SUMMARIES)}",
+                         description="Run one reproduction (a figure or table of a paper); each writes "
+                                     "config.json, results.json and figures to --out.",
+                         epilog=f"experiments:\n{listing}\n\n`collapse experiment NAME --help` shows its options "
+                                "(--quick, --out, --device, ...).",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     exp.add_argument("name", help="experiment name (collapse experiment NAME --help for its options)")
     exp.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the experiment")
     exp.set_defaults(func=cmd_experiment, seed=0)
@@ -357,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--errors", choices=["strict", "replace"], default="strict",
                          help="bytes that are not UTF-8: an error (default), or read as U+FFFD")
     measure.add_argument("--overwrite", action="store_true", help="replace a finished run of another model in --out")
+    measure.add_argument("--allow-mixed", action="store_true",
+                         help="measure a series whose checkpoints have different tokenizers or architectures")
     measure.add_argument("--nc4-positions", choices=["all", "kept"], default=None,
                          help="held-out positions NC4 counts: all, or those whose next token is a kept class "
                               "(default: kept with --preset lc2024, else all)")
@@ -383,17 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data, seed=0)
 
     train = sub.add_parser("train", help="train a small GPT-Neo on a corpus (a checkpoint per epoch)")
-    train.add_argument("--corpus", default="shakespeare", help="a corpus name or a local path")
-    train.add_argument("--depth", type=int, default=2)
-    train.add_argument("--width", type=int, default=64)
-    train.add_argument("--heads", type=int, default=4)
-    train.add_argument("--epochs", type=int, default=2)
-    train.add_argument("--weight-decay", type=float, default=0.0)
-    train.add_argument("--lr", type=float, default=3e-3)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--block-size", type=int, default=128)
-    train.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary trained on the corpus")
-    train.add_argument("--max-tokens", type=int, default=None, help="training tokens per epoch")
+    train.add_argument("--corpus", default="shakespeare",
+                       help="a corpus name (collapse data list) or a local path (default: shakespeare)")
+    train.add_argument("--depth", type=int_at_least(1), default=2, help="transformer layers (default 2)")
+    train.add_argument("--width", type=int_at_least(1), default=64, help="hidden size d (default 64)")
+    train.add_argument("--heads", type=int_at_least(1), default=4, help="attention heads, dividing --width (default 4)")
+    train.add_argument("--epochs", type=int_at_least(1), default=2, help="passes over the training text (default 2)")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay (default 0)")
+    train.add_argument("--lr", type=float, default=3e-3,
+                       help="peak learning rate: linear warm-up, cosine decay to 10%% (default 3e-3)")
+    train.add_argument("--batch-size", type=int_at_least(1), default=16, help="blocks per step (default 16)")
+    train.add_argument("--block-size", type=int_at_least(2), default=128, help="tokens per block = context length (default 128)")
+    train.add_argument("--vocab-size", type=int_at_least(2), default=2048,
+                       help="byte-level BPE vocabulary trained on the corpus (default 2048)")
+    train.add_argument("--max-tokens", type=int_at_least(1), default=None,
+                       help="training tokens per epoch (default: the whole training split)")
     add_common(train, out_required=True)
     train.set_defaults(func=cmd_train)
 
@@ -424,6 +496,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+OS_HINTS = {errno.ENOSPC: "the disk is full: free space or choose another --out",
+            errno.EACCES: "permission denied: choose a writable --out",
+            errno.EROFS: "the file system is read-only: choose a writable --out",
+            errno.EDQUOT: "the disk quota is exceeded: free space or choose another --out"}
+
+
+def describe_os_error(err: OSError) -> str:
+    """The file and the reason in words, with what to do for the usual causes (full, read-only)."""
+    where = f"{err.filename}: " if err.filename else ""
+    cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+    hint = OS_HINTS.get(cause.errno) or next((h for code, h in OS_HINTS.items() if os.strerror(code) in str(err)), None)
+    return f"{where}{err.strerror or err}" + (f" ({hint}); nothing already written was changed" if hint else "")
+
+
+# Commands that never touch torch (tables and downloads): they start without loading it.
+TORCH_FREE = {"analyze", "data"}
+
 # Commands whose work resumes where a killed or interrupted run stopped, when run again.
 RESUMABLE = {"measure": "the last checkpoint", "train": "the last finished epoch", "demo": "its last finished step"}
 
@@ -435,12 +524,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.threads is not None:
+        from ufm.threads import set_threads
+
         set_threads(args.threads)
-    torch.manual_seed(args.seed)
+    if args.command not in TORCH_FREE:
+        import torch
+
+        torch.manual_seed(args.seed)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         print(f"collapse {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a missing input, or an output that cannot be written
+        print(f"collapse {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         again = RESUMABLE.get(args.command)

@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments._common import Run, parse_args
 from lm_bridge.data import fetch
+from lm_bridge.report import heatmap
 from lm_bridge.finite import FiniteLMConfig, train_finite_lm
 from lm_bridge.words import read_tagged, word_contexts
 from ufm import convex
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     tf = train_finite_lm(data, replace(config.model, seed=args.seed), device=args.device, snapshots=config.snapshots,
                          l_mm=l_mm, observe=observe, layer_observe=layers,
                          checkpoint=run.out / "transformer.ckpt", progress=True)
+    if tf.resumed_from is not None:
+        print(f"convergence-regime: the transformer resumed from {run.out / 'transformer.ckpt'} at step {tf.resumed_from}")
     uf = train_ufm(data.targets, config.model.dim, weight_decay=config.ufm_weight_decay, steps=config.ufm_steps,
                    device=args.device, seed=args.seed, snapshots=config.snapshots, l_mm=l_mm, track_metrics=True,
                    track_subspace=True, observe=observe)
@@ -178,6 +181,7 @@ def _figures(run: Run, sides, results, data, tf, uf, pred_cos, config: Config) -
             if key == "h_norm":
                 (ax.loglog if log else ax.semilogx)(steps, r.series("w_norm"), "--")
             ax.set_title(f"{name}: {label}", fontsize=9)
+            ax.set_ylabel(label, fontsize=8)
             ax.set_xlabel("epoch" if name == "transformer" else "step")
     run.figure(fig, "side_by_side")
     maps = {"transformer cos(H)": cosine_matrix(tf.features(data).T), "UFM cos(H)": cosine_matrix(uf.features().numpy().T),
@@ -185,8 +189,7 @@ def _figures(run: Run, sides, results, data, tf, uf, pred_cos, config: Config) -
     order = np.argsort(np.linalg.svd(pred_cos["lmm"][0])[0][:, 0])  # contexts by the prediction's top direction
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
     for ax, (title, cos) in zip(axes, maps.items()):
-        ax.imshow(cos[np.ix_(order, order)], vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(title)
+        heatmap(ax, cos[np.ix_(order, order)], title, "context (by the prediction's top direction)")
     run.figure(fig, "cosine_heatmaps")
     fig, ax = plt.subplots(figsize=(5, 4))
     depth = np.arange(config.model.layers + 2)
@@ -194,6 +197,7 @@ def _figures(run: Run, sides, results, data, tf, uf, pred_cos, config: Config) -
     ax.plot(depth, results["transformer"]["layer_corr_final"], "o-", label="trained")
     ax.set_xticks(depth, ["emb"] + [f"block {i + 1}" for i in range(config.model.layers)] + ["norm"], rotation=30)
     ax.set_ylabel("corr(cos of last-position states, L_mm pred.)")
+    ax.set_xlabel("hidden state")
     ax.set_title("where in depth the geometry appears")
     ax.legend()
     run.figure(fig, "depth")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from experiments._common import Run, parse_args
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         axes[0].plot(classes, row["s2"], "o", color=line.get_color(), label=f"depth {row['depth']}: trained")
     axes[0].set_xticks(classes, [f"n={n}" for n in config.counts])
     axes[0].set_ylabel("(W W^T)_kk")
+    axes[0].set_xlabel("class (its count)")
     axes[0].set_title("the frame's lengths, trained (dots) vs predicted (lines)")
     axes[0].legend(fontsize=7)
     for row in rows:
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
         axes[1].semilogy(depth_layers, [max(x["variability_ratio"], 1e-32) for x in row["layers"]], "o-", label=f"depth {row['depth']}: Tr S_W / Tr S_B")
         axes[1].semilogy(depth_layers, [max(x["max_offdiag_cos"], 1e-32) for x in row["layers"]], "s--", label=f"depth {row['depth']}: max |cos(mu_k, mu_k')|")
     axes[1].set_xlabel("layer (0 = H)")
+    axes[1].set_ylabel("value (log)")
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[1].set_title("NC1 and orthogonality in every layer (0 = exact)")
     axes[1].legend(fontsize=7)
     lams = [row["weight_decay"] for row in sweep]
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  label=f"n = {config.counts[k]}: theory")
         axes[2].semilogx(lams, [row["s2"][k] for row in sweep], "o", color=line.get_color())
     axes[2].set_xlabel("lambda = lambda_W = lambda_H")
+    axes[2].set_ylabel("s_k^2 = (W W^T)_kk")
     axes[2].set_title("minority collapse: s_k^2 -> 0 at n_k <= N^2 lambda^2")
     axes[2].legend(fontsize=7)
     run.figure(fig, "deep_linear_frame")

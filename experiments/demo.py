@@ -21,7 +21,8 @@ from lm_bridge.collect import CollectConfig, measure_model
 from lm_bridge.compare import CompareConfig, compare_model, render_report
 from lm_bridge.data import open_corpus
 from lm_bridge.models import load_model
-from lm_bridge.report import format_table, measure_figures, random_means_etf_error
+from lm_bridge.report import (NC1_TRACE_NOTE, etf_error_reading, format_table, measure_figures,
+                              random_means_etf_error)
 from lm_bridge.tokenizer import corpus_tokenizer
 from lm_bridge.train import TrainSpec, train_clm
 
@@ -114,11 +115,12 @@ def render_demo(measured: list[dict], summary: dict) -> str:
         f"- NC4 agreement {better['nc4_agreement']:.4f}: a nearest-class-mean rule that matched the model only by "
         f"chance would agree on ~1/K' = {1 / k:.2e} of positions ({k} kept classes); the model's own top-1 accuracy "
         f"is {better['top1_accuracy']:.4f}. These models are far from the TinyStories regime (NC4 0.99 there).",
-        f"- ETF error {better['metrics']['etf_error']:.3f}: random class means in the same width give "
-        f"{better['etf_error_random_means']:.3f} (no collapse at all); a simplex ETF gives 0."
+        f"- ETF error {better['metrics']['etf_error']:.3f}: "
+        + etf_error_reading(better["metrics"]["etf_error"], k, better["width"], better["etf_error_random_means"])
+        + "; a simplex ETF gives 0."
         + (f" With K' = {k} classes in D = {better['width']} dimensions no ETF exists (K > D + 1); the GNC "
            "log-kernel spread is the relevant NC2 there." if k > better["width"] + 1 else ""),
-        "- The NC1 trace ratio Tr(S_W S_B^+)/K is bounded by D/K, so it is not comparable across widths.", "",
+        f"- {NC1_TRACE_NOTE}", "",
     ]
     for m in measured:
         lines += [" ".join(f"![{f}]({f})" for f in m["figures"]), "",

@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
-import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, floored, floored_label, parse_args
 from ufm.targets import one_hot
 from ufm.train import train_ufm
 
@@ -43,16 +42,17 @@ def main(argv: list[str] | None = None) -> dict:
     for key, label in [("nc1_trace_ratio", "NC1 Tr(S_W S_B^+)/K"), ("cdnv_mean", "CDNV"),
                        ("etf_error", "NC2 ETF error"), ("dual_error", "NC3 dual error"),
                        ("norm_cov", "CoV of norms")]:
-        axes[0].loglog(steps, np.maximum([r[key] for r in rows], 1e-16), label=label)
+        axes[0].loglog(steps, floored([r[key] for r in rows]), label=label)
     axes[0].set_xlabel("step")
+    axes[0].set_ylabel(floored_label("metric (0 = collapsed)"), fontsize=8)
     axes[0].legend(fontsize=8)
     axes[0].set_title(f"Balanced one-hot, K={config.num_classes}, d={config.dim}")
     # The mean pair cosine is -1/(K-1) for any centered means, at initialization too: it says
     # nothing. The spread of the cosines and the distance of NC3's cosine to 1 do.
-    axes[1].loglog(steps, np.maximum([r["cos_std"] for r in rows], 1e-16), label="std of cos(m_c, m_c') (ETF: 0)")
-    axes[1].loglog(steps, np.maximum([1 - r["dual_cos_mean"] for r in rows], 1e-16),
-                   label="1 - mean cos(w_c, m_c) (NC3: 0)")
+    axes[1].loglog(steps, floored([r["cos_std"] for r in rows]), label="std of cos(m_c, m_c') (ETF: 0)")
+    axes[1].loglog(steps, floored([1 - r["dual_cos_mean"] for r in rows]), label="1 - mean cos(w_c, m_c) (NC3: 0)")
     axes[1].set_xlabel("step")
+    axes[1].set_ylabel(floored_label("distance from the ETF"), fontsize=8)
     axes[1].set_title("equiangularity and self-duality")
     axes[1].legend(fontsize=8)
     run.figure(fig, "etf_convergence")

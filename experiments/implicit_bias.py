@@ -73,14 +73,18 @@ def main(argv: list[str] | None = None) -> dict:
     axes[0].semilogx(t, series["nuclear"][-1] + mm_nuc * np.log(t / t[-1]), "k--",
                      label=f"slope ||L_mm||_* = {mm_nuc:.3f} per ln t")
     axes[0].set_title(f"nuclear norm (last-decade slope {slope:.3f})")
+    axes[0].set_ylabel("||L_t||_*")
     axes[1].semilogx(t, series["cos_mm"], label="cos(P_Fperp L_t, L_mm)")
     axes[1].semilogx(t, series["pf_dist"] / series["pf_dist"][0], label="||P_F L_t - L_in|| (relative to t=1)")
     axes[1].set_title("direction and finite part")
+    axes[1].set_ylabel("cosine; relative distance")
     axes[2].loglog(t, series["ce_minus_entropy"], label="CE - H")
     axes[2].loglog(t, t_gap[-1] / t, "k--", label="c / t")
     axes[2].set_title("excess loss")
+    axes[2].set_ylabel("CE - H (nats)")
     axes[3].semilogx(t, series["balance_drift"] / series["w_norm"] ** 2, label="||D_t - D_0|| / ||W_t||^2")
     axes[3].set_title("W^T W - H H^T drift (discretization only)")
+    axes[3].set_ylabel("||D_t - D_0|| / ||W_t||^2")
     for ax in axes:
         ax.set_xlabel("GD step t")
         ax.legend(fontsize=8)

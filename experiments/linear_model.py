@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, floored, floored_label, parse_args
 from ufm.convex import linear_finite_component, linear_ntp_svm
 from ufm.targets import random_supports
 from ufm.train import train_ufm
@@ -58,12 +58,14 @@ def main(argv: list[str] | None = None) -> dict:
     axes[0].semilogx(x, r.series("cos_wstar"), "s--", label="cos(W_t, W*)")
     axes[0].axhline(1.0, color="k", lw=0.8, ls=":")
     axes[0].set_xlabel("GD step")
+    axes[0].set_ylabel("cosine")
     axes[0].set_title("direction: toward the NTP-SVM W^mm")
     axes[0].legend(fontsize=8)
-    axes[1].loglog(x, np.maximum(gap, 1e-16), "o-", label="CE - entropy")
-    axes[1].loglog(x, np.maximum(pf, 1e-16), "s-", label="||P_F(W_t H) - L_in||")
+    axes[1].loglog(x, floored(gap), "o-", label="CE - entropy")
+    axes[1].loglog(x, floored(pf), "s-", label="||P_F(W_t H) - L_in||")
     axes[1].loglog(x, norm, "^-", label="||W_t||")
     axes[1].set_xlabel("GD step")
+    axes[1].set_ylabel(floored_label("value"), fontsize=8)
     axes[1].set_title("the finite part converges, the norm grows")
     axes[1].legend(fontsize=8)
     run.figure(fig, "linear_model")

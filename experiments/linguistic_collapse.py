@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                        c=[np.log2(r["width"]) for r in sel], marker=marker, cmap="viridis", s=22, label=f"wd {wd:g}")
         ax.set_title(f"{a['label']}\nR^2 {a['r2']:.2f}, rho {a['spearman']:+.2f}", fontsize=9)
         ax.set_xlabel("validation loss")
+        ax.set_ylabel(a["label"], fontsize=8)
     axes.flat[0].legend(fontsize=7)
     run.figure(fig, "metrics_vs_val_loss")
     (args.out / "table.md").write_text("\n".join(table) + "\n")

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     axes[0].plot(lams, g_mean, "-", color="C0", label="g(lam): coefficient of w_i")
     axes[0].plot(lams, g_mean[::-1], "--", color="C1", label="g(1 - lam): coefficient of w_k")
     axes[0].set_xlabel("lam (target lam e_i + (1 - lam) e_k)")
+    axes[0].set_ylabel("coefficient")
     axes[0].set_title("h_ik(lam) = g(lam) w_i + g(1-lam) w_k, every pair (markers)")
     axes[0].legend(fontsize=8)
     basis = np.linalg.qr(W[[0, 1]].T)[0]  # (d, 2) the plane of w_0, w_1
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         axes[1].plot([0, w[0]], [0, w[1]], "k-", lw=0.8)
         axes[1].text(*w, f"w_{c}")
     axes[1].set_aspect("equal")
+    axes[1].set_xlabel("coordinate 1 in span{w_0, w_1}")
+    axes[1].set_ylabel("coordinate 2 in span{w_0, w_1}")
     axes[1].set_title("class 0/1 mixes in the plane of w_0, w_1")
     axes[1].legend(fontsize=8)
     run.figure(fig, "mixup")

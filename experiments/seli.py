@@ -87,10 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     axes[0].semilogx(steps, curve_w, label="cos(W W^T, SELI)")
     axes[0].semilogx(steps, curve_h, label="cos(H^T H, SELI)")
     axes[0].set_xlabel("steps")
+    axes[0].set_ylabel("cosine with the SELI Gram")
     axes[0].legend(fontsize=8)
     axes[0].set_title(f"counts {list(config.counts)}")
-    heatmap(axes[1], gram_to_cosines(W @ W.T), "cos of trained W rows")
-    heatmap(axes[2], gram_to_cosines(grams.words), "SELI prediction")
+    heatmap(axes[1], gram_to_cosines(W @ W.T), "cos of trained W rows", "class")
+    heatmap(axes[2], gram_to_cosines(grams.words), "SELI prediction", "class")
     for curve, style in ((reference, "-"), (saturating, ":")):
         lam = curve["weight_decay"]
         axes[3].semilogx(config.ratios, curve["minority_cos"], "o" + style, label=f"minority, lambda {lam:g}")

@@ -107,10 +107,12 @@ def hierarchy(run: Run, config: Config, args) -> dict:
     axes[0].bar(np.arange(rank), spec.S)
     axes[0].set_title("singular values of S~ (hierarchical language)")
     axes[0].set_xlabel("direction")
+    axes[0].set_ylabel("singular value")
     for i in range(rank):
         axes[1].plot(steps, curves[:, i] / curves[-1, i], label=f"sigma = {spec.S[i]:.2f}")
     axes[1].axhline(0.5, color="k", lw=0.8, ls=":")
     axes[1].set_xlabel("GD step")
+    axes[1].set_ylabel("u_i^T W_t H_t v_i / its final value")
     axes[1].set_title("u_i^T W_t H_t v_i / final: larger directions first")
     axes[1].legend(fontsize=7)
     axes[2].plot(spec.S, order.half_times, "o")
@@ -159,6 +161,8 @@ def transient(run: Run, config: Config, args) -> dict:
               f"{gap[-1]:.3f}; below half the peak from step {row['transition_step']}; ETF error {etf[0]:.3f} -> {etf[-1]:.3g}")
     axes[0].set_title("attribute gap: shared-attribute pairs' cosine minus the others'")
     axes[1].set_title("ETF error of the features")
+    axes[0].set_ylabel("mean cos, shared-attribute pairs - other pairs")
+    axes[1].set_ylabel("ETF error (0 = simplex ETF)")
     for ax in axes:
         ax.set_xlabel("GD step")
     axes[0].legend(fontsize=7)
@@ -166,8 +170,14 @@ def transient(run: Run, config: Config, args) -> dict:
     order = np.lexsort(inputs.attributes.T[::-1])
     fig, axes = plt.subplots(1, len(grams), figsize=(4 * len(grams), 3.6))
     for ax, (step, cos) in zip(np.atleast_1d(axes), grams.items()):
-        ax.imshow(cos[np.ix_(order, order)], vmin=-1, vmax=1, cmap="RdBu_r")
-        ax.set_title(f"feature cosines, step {step}")
+        im = ax.imshow(cos[np.ix_(order, order)], vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_title(f"feature cosines, step {step}", fontsize=9)
+        ax.set_xlabel("input (sorted by attributes)", fontsize=8)
+        ax.set_ylabel("input", fontsize=8)
+    fig.colorbar(im, ax=np.atleast_1d(axes).tolist(), label="cos(h_i, h_j)")
+    dim, lam = config.transient_grid[0]
+    fig.suptitle(f"semantic-geometry, structure before collapse: d = {dim}, lambda = {lam:g} "
+                 f"(feature cosines at the start, the attribute gap's peak, its fall and the end)", fontsize=9)
     run.figure(fig, "transient_grams")
     return dict(transient=rows, transient_grams={str(k): v.tolist() for k, v in grams.items()})
 

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
         order = np.argsort(np.arctan2(W[:, 1], W[:, 0]))
         ring = W[np.r_[order, order[:1]]]
         axes[0].plot(ring[:, 0] * (1 + K / 40), ring[:, 1] * (1 + K / 40), "o-", ms=3, label=f"K = {K}")
-    axes[0].set_aspect("equal")
+    axes[0].set_aspect("equal", adjustable="datalim")
+    axes[0].set_xlabel("w_k, coordinate 1")
+    axes[0].set_ylabel("w_k, coordinate 2")
     axes[0].set_title("d = 2: trained classifiers (scaled apart) are regular K-gons")
     axes[0].legend(fontsize=8)
     Ks = np.arange(3, 13)

@@ -1,42 +1,43 @@
-"""Collapse Lab's bridge to real causal language models: load, stream, collect, train, compare."""
+"""Collapse Lab's bridge to real causal language models: load, stream, collect, train, compare.
 
-from .analysis import TableAnalysis, TableError, analyze_table, read_table
-from .collect import CollectConfig, CollectError, CollectResult, NC4Result, collect_nc4, collect_stats
-from .compare import CompareConfig, compare_model
-from .corpus import Corpus, CorpusError, token_blocks
-from .data import fetch, open_corpus
-from .measure import MeasureOptions, measure_folder, measure_series
-from .models import LoadedModel, ModelLoadError, capture_unembedding_input, load_model
-from .tokenizer import corpus_tokenizer, train_bpe_tokenizer
-from .train import TrainSpec, train_clm
+Names are loaded on first use (PEP 562): ``import lm_bridge`` loads neither torch nor transformers
+until a name that needs them is asked for.
+"""
 
-__all__ = [
-    "CollectConfig",
-    "CollectError",
-    "CollectResult",
-    "CompareConfig",
-    "Corpus",
-    "CorpusError",
-    "LoadedModel",
-    "MeasureOptions",
-    "ModelLoadError",
-    "NC4Result",
-    "TableAnalysis",
-    "TableError",
-    "TrainSpec",
-    "analyze_table",
-    "capture_unembedding_input",
-    "collect_nc4",
-    "collect_stats",
-    "compare_model",
-    "corpus_tokenizer",
-    "fetch",
-    "load_model",
-    "measure_folder",
-    "measure_series",
-    "open_corpus",
-    "read_table",
-    "token_blocks",
-    "train_bpe_tokenizer",
-    "train_clm",
-]
+from ufm._lazy import lazy_names
+
+# public name -> the module that defines it
+_NAMES = {
+    "TableAnalysis": "analysis",
+    "TableError": "analysis",
+    "analyze_table": "analysis",
+    "read_table": "analysis",
+    "CollectConfig": "collect",
+    "CollectError": "collect",
+    "CollectResult": "collect",
+    "NC4Result": "collect",
+    "collect_nc4": "collect",
+    "collect_stats": "collect",
+    "CompareConfig": "compare",
+    "compare_model": "compare",
+    "Corpus": "corpus",
+    "CorpusError": "corpus",
+    "token_blocks": "corpus",
+    "fetch": "data",
+    "open_corpus": "data",
+    "MeasureOptions": "measure",
+    "measure_folder": "measure",
+    "measure_series": "measure",
+    "LoadedModel": "models",
+    "ModelLoadError": "models",
+    "capture_unembedding_input": "models",
+    "load_model": "models",
+    "corpus_tokenizer": "tokenizer",
+    "train_bpe_tokenizer": "tokenizer",
+    "TrainSpec": "train",
+    "train_clm": "train",
+}
+
+__all__ = sorted(_NAMES)
+
+__getattr__, __dir__ = lazy_names(__name__, _NAMES)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ufm import PRESETS, ClassStats, CollapseMetrics, NC4Accumulator, StatsAccumulator, collapse_metrics
 from ufm.stats import StatsFileError, load_accumulators, save_accumulators
+from ufm._validate import free_memory
 from ufm.threads import threads_for
 
 from .corpus import Corpus, token_blocks
@@ -132,12 +133,6 @@ def resolve_layers(loaded: LoadedModel, layers: tuple[int, ...]) -> tuple[int, .
 def state_bytes(num_classes: int, dim: int) -> int:
     """Bytes of one accumulator's state: means (K, D), weights, counts and M2 (K,), scatter (D, D)."""
     return 8 * (num_classes * dim + 3 * num_classes + dim * dim)
-
-
-def free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def check_memory(loaded: LoadedModel, num_states: int) -> int:

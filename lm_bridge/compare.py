@@ -14,6 +14,7 @@ them at the model's width. Side by side:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from .collect import batches, forward_features, labelled_positions  # noqa: E402
 from .corpus import Corpus, token_blocks  # noqa: E402
 from .measure import model_label  # noqa: E402
 from .models import LoadedModel, capture_unembedding_input  # noqa: E402
-from .report import (heatmap, random_means_etf_error, restrict_classes, save_figure,  # noqa: E402
+from .report import (etf_error_reading, heatmap, random_means_etf_error, restrict_classes, save_figure,  # noqa: E402
                      shuffled_correlation)
 
 
@@ -170,10 +171,10 @@ def compare_model(loaded: LoadedModel, corpus: Corpus, config: CompareConfig, ou
 
 # (metric key, label, note) of the side-by-side table.
 REPORT_KEYS = [
-    ("nc1_trace_ratio", "NC1 Tr(S_W S_B^+)/K", "not comparable across widths: at most D/K"),
+    ("nc1_trace_ratio", "NC1 Tr(S_W S_B^+)/K", "0 = collapsed; unbounded, scales with min(D, K-1)/K"),
     ("cdnv_mean", "CDNV mean (power 4)", "0 = full collapse"), ("norm_cov", "CoV of ||m_c||", "0 = equinorm"),
     ("log_norm_cov", "CoV of log ||m_c||", "0 = equinorm"), ("cos_std", "std cos(m_c, m_c')", "0 = equiangular"),
-    ("etf_error", "ETF error", "0 = simplex ETF; random means ~{etf_random:.3f}"),
+    ("etf_error", "ETF error", "{etf_reading}"),
     ("gnc_log_std", "std log-kernel (GNC)", "0 = uniform on the sphere"),
     ("dual_cos_mean", "mean cos(w_c, m_c) (NC3)", "1 = self-dual"), ("unc_cov", "UNC3 CoV", "0 = uniformly dual"),
     ("num_classes_kept", "classes kept", "the same classes on both sides"),
@@ -209,8 +210,9 @@ def render_report(summary: dict) -> str:
         "| metric | model | UFM | reading |", "| --- | ---: | ---: | --- |",
     ]
     for key, label, note in REPORT_KEYS:
-        lines.append(f"| {label} | {_fmt(m.get(key))} | {_fmt(u.get(key))} | "
-                     f"{note.format(etf_random=summary['etf_error_random_means'])} |")
+        reading = etf_error_reading(m["etf_error"] if m.get("etf_error") is not None else math.nan,
+                                    m["num_classes_kept"], summary["hidden_size"], summary["etf_error_random_means"])
+        lines.append(f"| {label} | {_fmt(m.get(key))} | {_fmt(u.get(key))} | {note.format(etf_reading=reading)} |")
     undefined = {f"{side} {k}": why for side, d in (("model", m), ("UFM", u)) for k, why in d.get("undefined", {}).items()
                  if k in dict((key, 1) for key, _, _ in REPORT_KEYS)}
     if undefined:

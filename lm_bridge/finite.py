@@ -32,6 +32,7 @@ from ufm.model import TargetTensors, soft_label_ce
 from ufm.threads import threads_for
 from ufm.train import GeometryMonitor, snapshot_steps
 
+from .train import load_state
 from .words import WordContexts
 
 
@@ -47,13 +48,14 @@ class FiniteLMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name, low in (("dim", 1), ("layers", 1), ("heads", 1), ("steps", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be >= {low} (an integer), got {value!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} must be a multiple of heads={self.heads}")
-        for name in ("dim", "layers", "heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.steps >= 0):
-            raise ValueError(f"need lr > 0, weight_decay >= 0, steps >= 0; got {self.lr}, {self.weight_decay}, {self.steps}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
 
 
 class _Block(nn.Module):
@@ -115,6 +117,7 @@ class FiniteLMRun:
     config: FiniteLMConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: int | None = None  # the step a checkpoint resumed the run at, if one did
 
     def series(self, key: str) -> np.ndarray:
         return np.array([row.get(key, np.nan) for row in self.history], dtype=np.float64)
@@ -148,19 +151,23 @@ def train_finite_lm(data: WordContexts, config: FiniteLMConfig = FiniteLMConfig(
     history: list[dict[str, Any]] = []
     start_step = 0
     path = Path(checkpoint) if checkpoint is not None else None
+    resumed_from = None
     if path is not None and path.exists():
-        state = torch.load(path, map_location=dev, weights_only=False)
+        state = load_state(path, ("model", "optimizer", "step", "history", "config", "describe", "rng"), dev)
         if state["config"] != asdict(config) or state["describe"] != data.describe():
             raise ValueError(f"{path} holds a run of another configuration or data; remove it or use another path")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_step, history = state["step"], state["history"]
+        resumed_from = start_step
         torch.set_rng_state(state["rng"])
     start = time.perf_counter()
     work = data.targets.num_contexts * data.contexts.shape[1] * config.dim ** 2 * config.layers * 12
     with threads_for(work if dev.type == "cpu" else 0):
         for step in tqdm(range(start_step, config.steps + 1), disable=not progress, desc="transformer"):
-            if step in marks:
+            # The checkpoint at a marked step already holds that step's record: a resumed run must
+            # not record it twice.
+            if step in marks and not (history and history[-1]["step"] == step):
                 history.append(_record(step, model, tokens, monitor, observe, layer_observe))
             if path is not None and step > start_step and (step % checkpoint_every == 0 or step == config.steps):
                 _save(path, model, opt, step, history, config, data)
@@ -169,7 +176,7 @@ def train_finite_lm(data: WordContexts, config: FiniteLMConfig = FiniteLMConfig(
             opt.zero_grad(set_to_none=True)
             finite_lm_loss(model, tokens, targets).backward()
             opt.step()
-    return FiniteLMRun(model.cpu(), config, history, time.perf_counter() - start)
+    return FiniteLMRun(model.cpu(), config, history, time.perf_counter() - start, resumed_from)
 
 
 @torch.no_grad()

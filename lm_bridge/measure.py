@@ -10,6 +10,7 @@ series measures every checkpoint on the same token blocks into ``<out>/<checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -19,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import ufm
-from ufm.io import atomic_write, write_json
+from ufm.io import atomic_write, folder_lock, write_json
 
 from .collect import (CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, layer_name,
                       resolve_layers, state_bytes)
 from .corpus import Corpus
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, tokenizer_identity
 from .report import measure_figures, metric_panels
 
 # Metrics drawn against depth and against step (key, label, log scale).
@@ -51,6 +52,11 @@ def parse_layers(spec: str | None, loaded: LoadedModel) -> tuple[int, ...]:
         layers = tuple(int(x) for x in spec.split(",") if x.strip())
     except ValueError as err:
         raise CollectError(f"--layers takes 'all' or comma-separated indices, got {spec!r}") from err
+    if not layers or min(layers) < 0:
+        raise CollectError(f"--layers {spec!r} names no hidden state: give 'all' or indices 0..{loaded.num_hidden_states - 1} "
+                           "(0 = embeddings), e.g. --layers 0,2")
+    if len(set(layers)) != len(layers):
+        raise CollectError(f"--layers {spec!r} names a hidden state twice")
     return resolve_layers(loaded, layers)
 
 
@@ -70,7 +76,15 @@ def refuse_foreign_run(out: Path, loaded: LoadedModel, overwrite: bool) -> None:
 
 def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
                    *, heldout: Corpus | None = None, progress: bool = True) -> dict[str, Any] | None:
-    """Measure ``loaded`` into ``out``; the summary written to metrics.json (None on ranks > 0)."""
+    """Measure ``loaded`` into ``out``; the summary written to metrics.json (None on ranks > 0).
+    Rank 0 holds ``out``'s lock for the run: a second measure into the same folder is refused."""
+    lock = folder_lock(out, "collapse measure") if _rank_world()[0] == 0 else contextlib.nullcontext()
+    with lock:
+        return _measure_folder(loaded, corpus, out, config, options, heldout=heldout, progress=progress)
+
+
+def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
+                    *, heldout: Corpus | None, progress: bool) -> dict[str, Any] | None:
     refuse_foreign_run(out, loaded, options.overwrite)
     result = collect_stats(loaded, corpus, config, checkpoint=out / "checkpoint.safetensors", progress=progress)
     nc4 = None
@@ -107,7 +121,8 @@ def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Colle
                    hidden_size=loaded.hidden_size, max_positions=loaded.max_positions),
         corpus=dict(path=str(corpus.root), identity=result.stats.metadata["corpus_identity"],
                     heldout=None if heldout is None else str(heldout.root)),
-        tokens=result.tokens, blocks=result.blocks, collect=result.stats.metadata, seconds=result.seconds,
+        tokens=result.tokens, blocks=result.blocks, resumed_blocks=result.resumed_blocks,
+        collect=result.stats.metadata, seconds=result.seconds,
         state_gib=(1 + len(result.layers)) * state_bytes(loaded.vocab_size, loaded.hidden_size) / 2**30,
         figures=figures,
     )
@@ -145,6 +160,21 @@ def checkpoint_step(path: Path) -> tuple[int, str]:
     return int(found.group(1)), "name"
 
 
+def series_label(paths: list[Path]) -> str:
+    """A series' name for titles: the run folder its checkpoints share, else the checkpoints' names."""
+    parents = {p.resolve().parent.name for p in paths}
+    return parents.pop() if len(parents) == 1 else " / ".join(p.name for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+
+
+def step_label(sources: set[str]) -> str:
+    """The x-axis of a series: epochs when every step came from an epoch count."""
+    if all(src.endswith(":epoch") for src in sources):
+        return "epoch"
+    if sources == {"name"}:
+        return "step (the number in each checkpoint's name)"
+    return "training step"
+
+
 def expand_checkpoints(paths: list[Path]) -> list[Path]:
     """The checkpoints: the given model directories, or the model subfolders of one run folder,
     ordered by step. A run folder given where a model is expected says which subfolders it holds."""
@@ -155,11 +185,35 @@ def expand_checkpoints(paths: list[Path]) -> list[Path]:
     return paths if len(paths) == 1 else sorted(paths, key=lambda p: checkpoint_step(p)[0])
 
 
+def refuse_mixed_series(paths: list[Path]) -> None:
+    """A series is one model at several steps: one tokenizer, one architecture."""
+    def architecture(path: Path) -> str:
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CollectError(f"{path}/config.json cannot be read: {err}") from err
+        return f"{config.get('model_type')} {config.get('architectures')}"
+
+    for what, key in (("tokenizers", tokenizer_identity), ("architectures", architecture)):
+        seen: dict[str, list[str]] = {}
+        for path in paths:
+            seen.setdefault(key(path), []).append(path.name)
+        if len(seen) > 1:
+            groups = "; ".join(f"{', '.join(names)} ({k})" for k, names in seen.items())
+            raise CollectError(f"the checkpoints have {len(seen)} different {what}: {groups}. A series measures "
+                               "one model's checkpoints on the same token blocks; pass --allow-mixed to measure "
+                               "them anyway")
+
+
 def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions, *,
                    layers: str | None = None, heldout: Corpus | None = None, device="cpu",
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool = True, allow_mixed: bool = False) -> list[dict[str, Any]]:
     """Each checkpoint into ``out/<name>/`` on the same token blocks; series.csv and figures.
-    ``layers`` is the --layers spec, resolved against each checkpoint as it is loaded."""
+    ``layers`` is the --layers spec, resolved against each checkpoint as it is loaded. Checkpoints
+    with different tokenizers or architectures are refused unless ``allow_mixed``: they would be
+    measured on different token streams, or be different models, in one table."""
+    if not allow_mixed:
+        refuse_mixed_series(paths)
     rows = []
     for path in paths:
         step, source = checkpoint_step(path)
@@ -183,6 +237,6 @@ def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: Collect
     atomic_write(out / "series.csv", lambda tmp: tmp.write_text(buf.getvalue()))
     steps = [r["step"] for r in rows]
     extra = ("NC4 agreement", [r["nc4_agreement"] for r in rows]) if heldout is not None else None
-    metric_panels(steps, rows, PANELS, out / "metrics_vs_step.png", xlabel="training step",
-                  title=f"{len(rows)} checkpoints: collapse over training", extra=extra)
+    metric_panels(steps, rows, PANELS, out / "metrics_vs_step.png", xlabel=step_label({r["step_source"] for r in rows}),
+                  title=f"{series_label(paths)}, {len(rows)} checkpoints: collapse over training", extra=extra)
     return rows

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 # No process of Collapse Lab may reach a hub, whatever the caller's environment says.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -109,8 +110,9 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu",
         raise ModelLoadError(
             f"{path} is not a causal language model (config type {type(config).__name__}): {err}"
         ) from err
-    except OSError as err:
-        raise ModelLoadError(f"{path}: the model weights cannot be read: {err}") from err
+    except (OSError, SafetensorError) as err:
+        raise ModelLoadError(f"{path}: the model weights cannot be read (a truncated, empty or foreign weights "
+                             f"file?): {err}") from err
     head = model.get_output_embeddings()
     if head is None:
         raise ModelLoadError(f"{path}: the model has no output embeddings (unembedding) to measure")
@@ -169,6 +171,18 @@ def model_identity(path: Path) -> str:
             with open(f, "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 22), b""):
                     h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def tokenizer_identity(path: Path) -> str:
+    """sha256 of a model directory's tokenizer files (names and bytes): checkpoints that split text
+    into the same tokens share it."""
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        f = path / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(f.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -22,13 +24,15 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
-def heatmap(ax, matrix: np.ndarray, title: str) -> None:
-    """A cosine map on [-1, 1], without ticks."""
+def heatmap(ax, matrix: np.ndarray, title: str, items: str = "item") -> None:
+    """A cosine map on [-1, 1], without ticks; ``items`` names what the rows and columns are."""
     im = ax.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    plt.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xlabel(items, fontsize=8)
+    ax.set_ylabel(items, fontsize=8)
+    plt.colorbar(im, ax=ax, fraction=0.046, label="cosine")
 
 
 def class_geometry(stats: ClassStats, classifier: torch.Tensor | None, *, center: str = "uniform",
@@ -66,6 +70,30 @@ def random_means_etf_error(num_classes: int, dim: int, seed: int = 0) -> float:
     return collapse_metrics(stats_from_features(means, np.arange(num_classes), num_classes)).etf_error
 
 
+# What the NC1 trace ratio can and cannot be compared with (Papyan, Han & Donoho 2020's NC1).
+NC1_TRACE_NOTE = ("The NC1 trace ratio Tr(S_W S_B^+)/K sums a within- over between-class variance ratio over the "
+                  "rank(S_B) = min(D, K-1) directions of the class means and divides by K: it is 0 at full "
+                  "collapse, has no upper bound (features without class structure give values far above 1), and "
+                  "carries a factor min(D, K-1)/K, so compare it between models of one width and class set.")
+
+
+def etf_error_reading(value: float, num_classes: int, dim: int, random: float) -> str:
+    """Where a measured ETF error sits between the best any D-dimensional arrangement of K means can
+    do (``theory.etf_error_floor``) and random means (``random``): a fraction from 0 (the floor) to 1
+    (random) when it lies between them, else by how much it is worse than random."""
+    from ufm.theory import etf_error_floor
+
+    floor = etf_error_floor(num_classes, dim)
+    scale = (f"floor {floor:.3f} (the best {num_classes} means can do in D = {dim}), random means "
+             f"{random:.3f}")
+    if not math.isfinite(value):
+        return scale
+    if value > random:
+        return f"{scale}: {value - random:.3f} above random means, worse than no collapse at all"
+    place = (value - floor) / (random - floor) if random > floor else 0.0
+    return f"{scale}: {place:.2f} of the way from the floor (0) to random (1)"
+
+
 def shuffled_correlation(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     """The off-diagonal correlation of two (n, n) maps after relabelling the items of ``b`` at
     random: the control that a structural correlation must beat."""
@@ -94,13 +122,17 @@ def metric_panels(x, rows: list[dict], panels: list[tuple[str, str, bool]], path
     series = [(label, [r.get(key) for r in rows], log) for key, label, log in panels]
     if extra is not None:
         series.append((extra[0], extra[1], False))
+    whole = all(float(v).is_integer() for v in x)
     for ax, (label, values, log) in zip(np.atleast_1d(axes), series):
         y = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         ax.plot(x, y, "o-", ms=4)
         if log and np.all(y[np.isfinite(y)] > 0):
             ax.set_yscale("log")
         ax.set_title(label, fontsize=9)
+        ax.set_ylabel(label, fontsize=8)
         ax.set_xlabel(xlabel, fontsize=8)
+        if whole:  # layers, epochs and steps are whole numbers: no 1.5-th layer on the axis
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path).name
 
@@ -130,7 +162,9 @@ def measure_figures(stats: ClassStats, classifier, out: Path, *, cdnv_power: flo
     np.fill_diagonal(matrix, np.nan)  # a class with itself has no CDNV: the diagonal must not set the scale
     with np.errstate(divide="ignore"):
         im = ax.imshow(np.log10(matrix), cmap="viridis")
-    plt.colorbar(im, ax=ax, label="log10 CDNV")
+    plt.colorbar(im, ax=ax, label=f"log10 CDNV (distance power {cdnv_power:g})")
+    ax.set_xlabel("class c' (token id order)", fontsize=8)
+    ax.set_ylabel("class c (token id order)", fontsize=8)
     ax.set_title(f"{prefix}CDNV of the {len(top)} most frequent classes", fontsize=9)
     names.append(save_figure(fig, out / "cdnv_sample.png").name)
     return names

@@ -58,6 +58,7 @@ class EpochResult:
     val_loss: float
     train_loss: float
     path: str  # the Hugging Face directory of this epoch's model
+    resumed: bool = False  # trained by an earlier, interrupted run of the same spec (read back from its state)
 
 
 def gpt_neo_config(spec: TrainSpec, tokenizer):
@@ -144,17 +145,32 @@ def train_clm(spec: TrainSpec, tokenizer, train: Corpus, val: Corpus, out: str |
     return results
 
 
+def load_state(path: Path, keys: tuple[str, ...], device="cpu") -> dict:
+    """A resume state written by torch.save, refused clearly if it is not one (truncated, foreign,
+    or of another version of the code)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # torch.load raises pickle's, zipfile's or its own errors for garbage
+        raise ValueError(f"{path} is not a readable resume state ({type(err).__name__}: {err}); remove it to "
+                         "start the run afresh") from err
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a resume state of this run (it lacks {', '.join(missing)}); remove it "
+                         "to start the run afresh")
+    return state
+
+
 def _resume(out: Path, spec: TrainSpec, model, opt, schedule) -> tuple[list[EpochResult], int]:
     state_file = out / "state.pt"
     if not state_file.exists():
         return [], 1
-    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    state = load_state(state_file, ("spec", "epoch", "model", "opt", "schedule", "results"))
     if state["spec"] != asdict(spec):
         raise ValueError(f"{out} holds a run of another spec ({state['spec']}); choose another output folder")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     schedule.load_state_dict(state["schedule"])
-    return [EpochResult(**r) for r in state["results"]], state["epoch"] + 1
+    return [EpochResult(**{**r, "resumed": True}) for r in state["results"]], state["epoch"] + 1
 
 
 def _save_epoch(model, tokenizer, path: Path, info: dict) -> None:

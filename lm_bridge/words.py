@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ufm._validate import check_positive_int
 from ufm.targets import NTPTargets, from_transitions
 
 from .corpus import CorpusError
@@ -88,14 +89,28 @@ class WordContexts:
         return " ".join(self.words[i] for i in self.contexts[j])
 
 
+def _word_tag_pairs(sentence, index: int) -> list[tuple[str, str | None]]:
+    """One sentence as (word, tag or None) pairs, refusing plain strings (a common slip: a sentence
+    of words unpacks its first word as a (word, tag) pair)."""
+    if isinstance(sentence, str) or not all(isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[0], str)
+                                            for p in sentence):
+        raise ValueError(f"sentence {index} must be a list of (word, tag or None) pairs, e.g. "
+                         f"[('the', None), ('cat', None)], got {str(sentence)[:60]!r}")
+    return [(w, t) for w, t in sentence]
+
+
 def word_contexts(sentences, *, vocab_size: int = 100, context_length: int = 5, min_count: int = 5,
                   unknown: str = "drop") -> WordContexts:
     """The finite-context NTP data of ``sentences`` (lists of (word, tag or None)): see the module doc."""
     if unknown not in ("drop", "map"):
         raise ValueError(f"unknown must be 'drop' or 'map', got {unknown!r}")
+    check_positive_int(vocab_size, "vocab_size", minimum=2 + (unknown == "map"))
+    check_positive_int(context_length, "context_length")
+    check_positive_int(min_count, "min_count")
+    sentences = [_word_tag_pairs(s, i) for i, s in enumerate(sentences)]
     freq = Counter(w for s in sentences for w, _ in s)
     size = vocab_size - (unknown == "map")
-    if size < 2 or len(freq) < size:
+    if len(freq) < size:
         raise ValueError(f"vocab_size={vocab_size} needs at least {size} distinct words; the text has {len(freq)}")
     words = [w for w, _ in freq.most_common(size)] + ([UNK] if unknown == "map" else [])
     ids = {w: i for i, w in enumerate(words)}

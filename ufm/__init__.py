@@ -1,46 +1,35 @@
 """Collapse Lab's science core: statistics, neural-collapse metrics, the NTP simulator and theory.
 
-``ufm.convex`` (cvxpy) is imported on first use: it costs ~2 s that most callers never need.
+Names are loaded on first use (PEP 562): ``import ufm`` costs nothing, so a command line that only
+parses its flags never loads torch, and ``ufm.convex`` (cvxpy, ~2 s) is loaded only by its callers.
 """
 
-import importlib
-
-from . import feature_collapse, losses, targets, theory
-from .metrics import PRESETS, CollapseMetrics, MetricOptions, collapse_metrics, nc1_trace_ratio, variability_ratio
-from .nc4 import NC4Accumulator, nc4_agreement, nearest_class_mean
-from .stats import ClassStats, StatsAccumulator, StatsFileError, stats_from_features
-from .targets import NTPTargets
-from .train import TrainConfig, UFMResult, train_ufm
+from ._lazy import lazy_names
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "PRESETS",
-    "ClassStats",
-    "CollapseMetrics",
-    "MetricOptions",
-    "NC4Accumulator",
-    "NTPTargets",
-    "StatsAccumulator",
-    "StatsFileError",
-    "TrainConfig",
-    "UFMResult",
-    "collapse_metrics",
-    "convex",
-    "feature_collapse",
-    "losses",
-    "nc1_trace_ratio",
-    "nc4_agreement",
-    "nearest_class_mean",
-    "stats_from_features",
-    "targets",
-    "theory",
-    "train_ufm",
-    "variability_ratio",
-]
+# public name -> the module that defines it
+_NAMES = {
+    "PRESETS": "presets",
+    "CollapseMetrics": "metrics",
+    "MetricOptions": "metrics",
+    "collapse_metrics": "metrics",
+    "nc1_trace_ratio": "metrics",
+    "variability_ratio": "metrics",
+    "NC4Accumulator": "nc4",
+    "nc4_agreement": "nc4",
+    "nearest_class_mean": "nc4",
+    "ClassStats": "stats",
+    "StatsAccumulator": "stats",
+    "StatsFileError": "stats",
+    "stats_from_features": "stats",
+    "NTPTargets": "targets",
+    "TrainConfig": "train",
+    "UFMResult": "train",
+    "train_ufm": "train",
+}
+_MODULES = ("convex", "feature_collapse", "losses", "targets", "theory")
 
+__all__ = sorted([*_NAMES, *_MODULES])
 
-def __getattr__(name: str):
-    if name == "convex":
-        return importlib.import_module(".convex", __name__)
-    raise AttributeError(f"module 'ufm' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(__name__, _NAMES, _MODULES)

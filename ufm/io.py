@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import json
 import math
@@ -57,11 +58,47 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        # mkdtemp makes 0700, and some writers (safetensors) make 0600 files: outputs get the usual
+        # permissions, as a plain mkdir and open would give them.
+        mask = _umask()
+        for f in tmp.rglob("*"):
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if path.exists():
             shutil.rmtree(path)
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FolderBusyError(ValueError):
+    """Another process holds the folder's lock: two runs writing one folder would corrupt it."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (a ``.lock`` file in it, locked with flock) for the
+    block; a second holder is refused at once, naming the first one's pid. The kernel releases the
+    lock when its process dies, so a killed run never leaves the folder locked."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise FolderBusyError(f"{folder} is in use by another {what} (pid {holder}); wait for it to finish, "
+                                  "or choose another output folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield folder
+    finally:
+        fh.close()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -25,20 +25,12 @@ import torch
 
 from ._validate import as_tensor, check_finite, check_positive_int, check_shape
 from .pairwise import pairwise_sweep
+from .presets import PRESETS
 from .stats import ClassStats
 
 # Eigenvalues of S_B below this fraction of the largest count as zero in the pseudo-inverse: S_B
 # has rank <= K-1, and its null eigenvalues come out of eigh at ~D eps relative, not exactly 0.
 PINV_RTOL = 1e-10
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Papyan, Han & Donoho (2020) with Galanti et al.'s CDNV: squared distances, token-weighted mean.
-    "papyan2020": dict(cdnv_power=2.0, center="weighted", min_count=1),
-    # Wu & Papyan, "Linguistic Collapse" (NeurIPS 2024) code (rhubarbwu/neural-collapse): an extra
-    # power in the CDNV denominator, the class-uniform global mean, every class seen at least once,
-    # Bessel-corrected spreads over classes (torch.std's default there).
-    "lc2024": dict(cdnv_power=4.0, center="uniform", min_count=1, spread_ddof=1),
-}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ class ClassStats:
     metadata: dict[str, Any] = field(default_factory=dict)  # provenance: model, corpus, options
 
     def __post_init__(self) -> None:
+        # Statistics are float64 with int64 counts; tensors of a narrower type (a float32 file, a
+        # caller's tensors) are widened exactly, so every metric computes in float64.
+        for name in _TENSOR_NAMES:
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{name} must be a torch tensor, got {type(value).__name__}")
+            want = torch.int64 if name == "sample_counts" else torch.float64
+            if value.dtype != want:
+                if value.is_complex() or (name == "sample_counts" and value.is_floating_point()):
+                    raise ValueError(f"{name} must be {want}, got {value.dtype}")
+                object.__setattr__(self, name, value.to(want))
         if self.means.dim() != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(self.means.shape)}")
         k, d = self.means.shape
@@ -128,7 +140,14 @@ def _save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], fmt: str, 
     meta = json.dumps(metadata, sort_keys=True, default=str)
     header = {"format": fmt, "version": str(FORMAT_VERSION), "metadata": meta,
               "sha256": _checksum(tensors, meta)}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+        except SafetensorError as err:  # a full disk reaches us as safetensors' own error
+            raise OSError(f"cannot write {path}: {err}") from err
+
+    return atomic_write(path, write)
 
 
 def _load_tensors(path: str | Path, fmt: str, device) -> tuple[dict[str, torch.Tensor], dict]:
@@ -150,8 +169,14 @@ def _load_tensors(path: str | Path, fmt: str, device) -> tuple[dict[str, torch.T
         metadata = json.loads(header.get("metadata", "{}"))
     except (SafetensorError, OSError, ValueError) as err:
         raise StatsFileError(f"{path} is truncated or corrupt: {err}") from err
-    if header.get("version") != "1" and _checksum(tensors, header.get("metadata", "{}")) != header.get("sha256"):
-        raise StatsFileError(f"{path} is corrupt: its tensors do not match the checksum written with them")
+    # Version 1 wrote no checksum. A file that says version 1 but carries one is checked all the
+    # same (editing the version must not switch the check off); one without is read with a warning.
+    if header.get("version") != "1" or "sha256" in header:
+        if _checksum(tensors, header.get("metadata", "{}")) != header.get("sha256"):
+            raise StatsFileError(f"{path} is corrupt: its tensors do not match the checksum written with them")
+    else:
+        warnings.warn(f"{path} is a version-1 statistics file, which has no checksum: its integrity cannot be "
+                      "verified; save it again to add one", UserWarning, stacklevel=3)
     return {k: v.to(device) for k, v in tensors.items()}, metadata
 
 

@@ -7,6 +7,7 @@ a vocabulary. Matrices follow the paper: P, S, L are (V, m); W is (V, d); H is (
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import cached_property
@@ -30,9 +31,17 @@ class NTPTargets:
     vocab_size: int  # V
 
     def __post_init__(self) -> None:
+        for name in ("pi", "tokens", "contexts", "probs"):
+            value = getattr(self, name)
+            if not isinstance(value, np.ndarray) or value.ndim != 1:
+                raise ValueError(f"{name} must be a 1-D numpy array, got shape {np.shape(value)}")
+        for name in ("tokens", "contexts"):
+            if len(getattr(self, name)) and not np.issubdtype(getattr(self, name).dtype, np.integer):
+                raise ValueError(f"{name} must be integer ids, got dtype {getattr(self, name).dtype}")
         m, v = len(self.pi), self.vocab_size
         if m == 0 or v == 0:
             raise ValueError(f"targets need at least one context and one token, got m={m}, V={v}")
+        check_positive_int(v, "vocab_size (V)")
         if not (len(self.tokens) == len(self.contexts) == len(self.probs)):
             raise ValueError("tokens, contexts and probs must have the same length")
         if not np.all(np.isfinite(self.pi)) or np.any(self.pi < 0):
@@ -222,7 +231,11 @@ def random_supports(num_contexts: int, vocab_size: int, support_size, *, probs: 
         raise ValueError(f"probs must be 'uniform' or 'zipf', got {probs!r}")
     rng = np.random.default_rng(seed)
     n_pat = m if num_patterns is None else check_positive_int(num_patterns, "num_patterns")
-    patterns = [np.sort(rng.choice(v, size=rng.integers(lo, hi + 1), replace=False)) for _ in range(n_pat)]
+    if n_pat > m:
+        raise ValueError(f"num_patterns={n_pat} is more than the {m} contexts: each pattern needs a context")
+    patterns = _distinct_supports(rng, v, lo, hi, n_pat if num_patterns is not None else 0)
+    patterns += [np.sort(rng.choice(v, size=rng.integers(lo, hi + 1), replace=False))
+                 for _ in range(n_pat - len(patterns))]
     assign = np.arange(m) % n_pat if num_patterns is not None else np.arange(m)
     tokens, contexts, values = [], [], []
     for j in range(m):
@@ -237,6 +250,20 @@ def random_supports(num_contexts: int, vocab_size: int, support_size, *, probs: 
         values.append(p)
     return NTPTargets(np.full(m, 1.0 / m), np.concatenate(tokens).astype(np.int64),
                       np.concatenate(contexts).astype(np.int64), np.concatenate(values), v)
+
+
+def _distinct_supports(rng: np.random.Generator, v: int, lo: int, hi: int, count: int) -> list[np.ndarray]:
+    """``count`` distinct random supports of sizes in [lo, hi] out of V tokens (a repeated draw is
+    drawn again, so that the language has exactly the number of patterns asked for)."""
+    possible = sum(math.comb(v, k) for k in range(lo, hi + 1))
+    if count > possible:
+        raise ValueError(f"num_patterns={count} distinct supports of size {lo}..{hi} do not exist among "
+                         f"V={v} tokens (there are {possible})")
+    seen: dict[tuple, np.ndarray] = {}
+    while len(seen) < count:
+        sup = np.sort(rng.choice(v, size=rng.integers(lo, hi + 1), replace=False))
+        seen.setdefault(tuple(sup.tolist()), sup)
+    return list(seen.values())
 
 
 def synonym_language(num_groups: int, synonyms: int, *, next_groups: int = 2, zipf_exponent: float = 1.0,
@@ -273,6 +300,8 @@ def from_transitions(contexts, next_tokens, vocab_size: int, *, min_count: int =
     ``max_contexts`` most frequent are kept (ties by first appearance); pi_j is the context's share
     of the kept occurrences. Returns the targets and the context of each column."""
     check_positive_int(min_count, "min_count")
+    check_positive_int(vocab_size, "vocab_size")
+    integer_ids(next_tokens, "next tokens")
     if len(contexts) != len(next_tokens):
         raise ValueError(f"{len(contexts)} contexts but {len(next_tokens)} next tokens")
     follow: dict[tuple[int, ...], Counter] = defaultdict(Counter)
@@ -298,11 +327,23 @@ def from_transitions(contexts, next_tokens, vocab_size: int, *, min_count: int =
     return targets, kept
 
 
+def integer_ids(values, name: str) -> np.ndarray:
+    """``values`` as int64, refusing what is not a whole number (0.3 and 0.6 would both become 0)."""
+    arr = np.asarray(values)
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        if not (np.issubdtype(arr.dtype, np.floating) and arr.dtype != np.bool_):
+            raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            raise ValueError(f"{name} must be integers, got {arr[bad].ravel()[0].item()!r} ({int(bad.sum())} such value(s))")
+    return arr.astype(np.int64)
+
+
 def from_token_stream(tokens, context_length: int, *, vocab_size: int | None = None,
                       min_count: int = 1, max_contexts: int | None = None) -> tuple[NTPTargets, list[tuple[int, ...]]]:
     """Every distinct window of the last ``context_length`` tokens of a stream, with its empirical
     next-token distribution (see from_transitions). This is how a corpus becomes targets."""
-    seq = np.asarray(tokens, dtype=np.int64)
+    seq = integer_ids(tokens, "token ids")
     n = check_positive_int(context_length, "context_length")
     if seq.ndim != 1 or len(seq) <= n:
         raise ValueError(f"the token stream needs more than context_length={n} tokens, got {len(seq)}")

@@ -29,6 +29,20 @@ def simplex_etf_gram(num_classes: int) -> np.ndarray:
     return k / (k - 1) * (np.eye(k) - 1.0 / k)
 
 
+def etf_error_floor(num_classes: int, dim: int) -> float:
+    """The smallest ETF error K class means in R^D can have: sqrt(2 - 2 sqrt(D / (K - 1))) when
+    D < K - 1, else 0.
+
+    The normalized Gram G = M M^T / ||M M^T||_F has rank <= D and the ETF target E = (I - 11^T/K) /
+    sqrt(K - 1) has K - 1 equal eigenvalues, so ||G - E||_F^2 = 2 - 2 <G, E> and <G, E> is at most
+    sqrt(D / (K - 1)), reached by G = P / sqrt(D) with P a rank-D projection inside E's range."""
+    if num_classes < 2 or dim < 1:
+        raise ValueError(f"need K >= 2 classes and D >= 1, got K={num_classes}, D={dim}")
+    if dim >= num_classes - 1:
+        return 0.0
+    return math.sqrt(2.0 - 2.0 * math.sqrt(dim / (num_classes - 1)))
+
+
 def sparse_component_values(targets: NTPTargets) -> np.ndarray:
     """L_in on the support, (nnz,) aligned with targets.tokens / targets.contexts (any size)."""
     logp = np.log(targets.probs)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._validate import check_finite, check_positive_int, resolve_device
+from ._validate import check_finite, check_positive_int, free_memory, resolve_device
 from .metrics import collapse_metrics
 from .losses import LOSSES, data_loss, mixup
 from .model import CHUNK_ENTRIES, FEATURE_MODELS, TargetTensors, UFMModel, soft_label_ce, support_logits
@@ -82,6 +82,10 @@ class TrainConfig:
             check_positive_int(self.batch_size, "batch_size")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if self.chunk_entries is not None:
+            check_positive_int(self.chunk_entries, "chunk_entries (None for dense logits)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in [0, 2**63) (torch's generator range), got {self.seed!r}")
         self._check_family()
 
     def _check_family(self) -> None:
@@ -261,7 +265,12 @@ def train_ufm(
     if l_mm is not None and np.shape(l_mm) != (targets.vocab_size, targets.num_contexts):
         raise ValueError(f"l_mm must have shape (V, m) = ({targets.vocab_size}, {targets.num_contexts}), "
                          f"got {np.shape(l_mm)}")
+    if l_mm is not None and not np.all(np.isfinite(l_mm)):
+        raise ValueError(f"l_mm holds {int((~np.isfinite(l_mm)).sum())} NaN or Inf value(s) (an infeasible "
+                         "or failed NTP-SVM solve?); pass None to leave the max-margin direction out")
+    marks = _snapshot_marks(steps, snapshots)
     dev = resolve_device(device)
+    check_training_memory(config, targets, dev)
     tdtype = getattr(torch, config.dtype)
     gen = torch.Generator().manual_seed(seed)
     model = _build_model(config, targets, h0, classifier, gen, tdtype).to(dev)
@@ -269,7 +278,6 @@ def train_ufm(
     mix_rng = np.random.default_rng(seed + 2)
     data = TargetTensors(targets, dev, tdtype)
     monitor = GeometryMonitor(data, l_mm, config.chunk_entries)
-    marks = set(snapshot_steps(steps, snapshots) if isinstance(snapshots, int) else [*snapshots, 0, steps])
     m = targets.num_contexts
     batch_gen = torch.Generator(device="cpu").manual_seed(seed + 1)
 
@@ -313,6 +321,46 @@ def train_ufm(
         W=model.W.detach(), H=model.H.detach(), bias=model.bias.detach() if model.bias is not None else None,
         targets=targets, config=config, model=model, history=history, seconds=time.perf_counter() - start,
     )
+
+
+def _snapshot_marks(steps: int, snapshots: int | list[int]) -> set[int]:
+    if isinstance(snapshots, (int, np.integer)) and not isinstance(snapshots, bool):
+        return set(snapshot_steps(steps, check_positive_int(snapshots, "snapshots", minimum=0)))
+    try:
+        marks = [int(check_positive_int(s, "a snapshot step", minimum=0)) for s in snapshots]
+    except TypeError:
+        raise ValueError(f"snapshots must be a count (int >= 0) or a list of steps, got {snapshots!r}") from None
+    late = [s for s in marks if s > steps]
+    if late:
+        raise ValueError(f"snapshot step(s) {late} come after the last step ({steps})")
+    return {*marks, 0, steps}
+
+
+TRAIN_MEMORY_FRACTION = 0.8  # a UFM run may plan to use at most this share of the free memory
+
+
+def training_bytes(config: TrainConfig, targets: NTPTargets) -> int:
+    """Estimated peak bytes of a run: every parameter five times (value, gradient and AMSGrad's three
+    moments), an anchor or frozen H, and a logits chunk with its softmax and gradient."""
+    V, m, d = targets.vocab_size, targets.num_contexts, config.dim
+    params = V * d + d * m + config.depth * d * d + (V if config.bias else 0)
+    anchor = d * m if config.features in ("perturbed", "fixed_h") else 0
+    chunk = V * min(config.batch_size or m, m)
+    if config.chunk_entries is not None:
+        chunk = min(chunk, max(config.chunk_entries, V))
+    itemsize = 4 if config.dtype == "float32" else 8
+    return itemsize * (5 * params + anchor + 3 * chunk + 4 * targets.nnz)
+
+
+def check_training_memory(config: TrainConfig, targets: NTPTargets, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a run that cannot fit (a typo in dim takes minutes to
+    fail in the allocator otherwise)."""
+    need, have = training_bytes(config, targets), free_memory(device)
+    if need > TRAIN_MEMORY_FRACTION * have:
+        raise ValueError(
+            f"a UFM of V={targets.vocab_size}, m={targets.num_contexts}, d={config.dim} ({config.dtype}) needs "
+            f"about {need / 2**30:.3g} GiB, more than {TRAIN_MEMORY_FRACTION:.0%} of the {have / 2**30:.3g} GiB "
+            f"free on {device}; lower dim, use batch_size or dtype='float32'")
 
 
 def _build_model(config: TrainConfig, targets: NTPTargets, h0, classifier, gen, dtype) -> UFMModel:

@@ -114,7 +114,12 @@ def test_demo_report_gives_a_verdict_per_metric_with_its_baseline(tiny_models, t
         assert f"| {r['label']} |" in report
     assert "| CDNV (NC1, power 4) | 0.5 | 3.5 | lower | lower (0.92) | agrees |" in report
     assert "1/K' = 2.00e-03" in report and "top-1 accuracy is 0.2000" in report
-    assert "random class means in the same width give 1.410" in report
+    # The ETF error read against what the width allows (sqrt(2 - 2 sqrt(D/(K'-1))) at K' = 500, D = 64)
+    # and against random means; the NC1 trace ratio is not called bounded (it is not).
+    floor = math.sqrt(2 - 2 * math.sqrt(64 / 499))
+    assert (f"ETF error 1.200: floor {floor:.3f} (the best 500 means can do in D = 64), random means 1.410: "
+            f"{(1.2 - floor) / (1.41 - floor):.2f} of the way from the floor (0) to random (1)") in report
+    assert "bounded by D/K" not in report and "has no upper bound" in report
     assert "shuffled control" in report and "on the same classes" in report
     # Model and UFM are measured on the same set of classes.
     assert summary["metrics"]["model"]["num_classes_kept"] == summary["metrics"]["ufm"]["num_classes_kept"]
@@ -144,3 +149,16 @@ def test_measure_takes_corpus_names(tiny_models, tiny_corpus, tmp_path, monkeypa
     assert main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", "shakespeare", "--out",
                  str(tmp_path / "o"), "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["corpus"]["path"] == str(tiny_corpus)
+
+
+def test_etf_error_reading_places_a_value_between_the_floor_and_random():
+    from lm_bridge.report import etf_error_reading
+
+    # The demo's numbers: K' = 1669 classes in D = 64, random means 1.271, the model 1.381.
+    floor = math.sqrt(2 - 2 * math.sqrt(64 / 1668))
+    assert f"{floor:.3f}" == "1.268"
+    text = etf_error_reading(1.381, 1669, 64, random=1.271)
+    assert text.endswith("0.110 above random means, worse than no collapse at all") and "floor 1.268" in text
+    mid = floor + 0.5 * (1.271 - floor)
+    assert etf_error_reading(mid, 1669, 64, random=1.271).endswith("0.50 of the way from the floor (0) to random (1)")
+    assert etf_error_reading(float("nan"), 1669, 64, random=1.271).startswith("floor 1.268")

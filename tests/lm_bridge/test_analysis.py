@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ from scipy import stats as sps
 from lm_bridge.analysis import TableError, analyze_table, permutation_p, read_table
 from experiments.cli import main
 
-LC_TABLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "lc-2024_05_18.csv"
+LC_TABLE = Path(__file__).resolve().parents[2] / "data" / "lc-2024_05_18.csv"
 # R^2 against validation loss in Wu & Papyan (NeurIPS 2024), as the data README quotes them.
 PUBLISHED_R2 = {"cdnv_mean": 0.916, "matches": 0.891, "interfere_std": 0.875, "log_norm_cov": 0.865,
                 "log_dist_std": 0.858, "unc3_cov": 0.693, "sims_mean": 0.312}
@@ -21,7 +24,7 @@ SEED_GROUP = "02x0768_01d"  # the 20 seed runs 02x0768_01dNN@0 and their base ru
 @pytest.fixture(scope="module")
 def lc_analysis(tmp_path_factory):
     if not LC_TABLE.is_file():
-        pytest.fail(f"Wu & Papyan's table is expected at {LC_TABLE} (shared/data beside the checkout)")
+        pytest.fail(f"Wu & Papyan's table is expected at {LC_TABLE} (the project carries it: data/README.md)")
     out = tmp_path_factory.mktemp("lc")
     rc = main(["analyze", str(LC_TABLE), "--loss", "val_loss",
                "--metrics", "cdnv_mean,matches,interfere_std,log_dist_std,sims_mean",
@@ -143,3 +146,139 @@ def test_json_lines_tables(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     a = analyze_table(read_table(path), "val_loss", metrics=["nc4"])
     assert list(a.metrics) == ["nc4"] and a.metrics["nc4"].r2 == pytest.approx(1.0)
+
+
+# ---- tables that used to give a wrong answer with exit 0, or a raw traceback -------------------
+
+
+def _write_csv(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def _loss_and(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    loss = rng.uniform(2, 4, n)
+    return loss, 2 * loss + rng.normal(0, 0.01, n), rng.normal(size=n)
+
+
+def test_a_repeated_column_name_is_refused_not_overwritten(tmp_path, capsys):
+    loss, a, noise = _loss_and()
+    path = _write_csv(tmp_path / "dup.csv", ["model", "val_loss", "a", "a", "b"],
+                      [(f"m{i}", loss[i], a[i], noise[i], -loss[i]) for i in range(30)])
+    with pytest.raises(TableError, match="repeats column name.*'a'"):
+        read_table(path)
+    assert main(["analyze", str(path), "--loss", "val_loss", "--out", str(tmp_path / "o")]) == 2
+    assert "repeats column name(s) 'a'" in capsys.readouterr().err
+
+
+def test_values_near_the_float_range_keep_their_correlation():
+    loss, a, _ = _loss_and()
+    rows = [dict(val_loss=loss[i], a=a[i] * 1e300, tiny=a[i] * 1e-300) for i in range(30)]
+    fits = analyze_table(rows, "val_loss", draws=200).metrics
+    r = np.corrcoef(loss, a)[0, 1]  # the same data at unit scale
+    for name in ("a", "tiny"):
+        assert fits[name].pearson == pytest.approx(r, rel=1e-12) and fits[name].r2 == pytest.approx(r * r, rel=1e-12)
+    assert fits["a"].slope == pytest.approx(np.polyfit(loss, a, 1)[0] * 1e300, rel=1e-9)
+
+
+@pytest.mark.parametrize("which", ["metric", "loss"])
+def test_a_constant_column_has_no_correlation_and_no_p_value(which, tmp_path):
+    loss, _, b = _loss_and()
+    rows = [dict(val_loss=3.0 if which == "loss" else loss[i], a=1.0 if which == "metric" else loss[i], b=b[i])
+            for i in range(30)]
+    fit = analyze_table(rows, "val_loss", metrics=["a"], draws=200).metrics["a"]
+    assert all(math.isnan(getattr(fit, k)) for k in ("r2", "pearson", "spearman", "spearman_p", "permutation_p"))
+    assert fit.direction == "undefined" and f"the {which} is constant" in fit.undefined
+    md = analyze_table(rows, "val_loss", metrics=["a"], draws=200).markdown()
+    assert "lower a" not in md and "higher a" not in md and "constant" in md
+
+
+def test_three_rows_never_get_an_impossible_p_value():
+    rows = [dict(val_loss=v, a=1.0, b=-v) for v in (2.0, 3.0, 4.5)]
+    fits = analyze_table(rows, "val_loss", draws=10_000).metrics
+    assert math.isnan(fits["a"].permutation_p)  # constant: no test
+    # b is a perfect rank order: 2 of the 3! = 6 pairings are as extreme, so p = 1/3 exactly, and
+    # the t approximation (p = 0 at rho = -1) is not reported for so few rows.
+    assert fits["b"].permutation_p == pytest.approx(1 / 3) and math.isnan(fits["b"].spearman_p)
+
+
+def test_boolean_text_and_list_columns_are_named_not_analysed(tmp_path, capsys):
+    loss, a, _ = _loss_and(10)
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(dict(model=f"m{i}", val_loss=loss[i], flag=bool(i % 2), cfg=[1, 2], a=a[i]))
+                            + "\n" for i in range(10)))
+    rows = read_table(path)
+    result = analyze_table(rows, "val_loss", draws=100)
+    assert list(result.metrics) == ["a"]
+    assert result.left_out == {"model": "text", "flag": "booleans", "cfg": "lists or objects"}
+    with pytest.raises(TableError, match="'flag' holds a boolean"):
+        analyze_table(rows, "val_loss", metrics=["flag"])
+    with pytest.raises(TableError, match="'cfg' holds a list"):
+        analyze_table(rows, "val_loss", metrics=["cfg"])
+    assert main(["analyze", str(path), "--loss", "val_loss", "--draws", "100", "--out", str(tmp_path / "o")]) == 0
+    assert "Not analysed (not numeric): model (text), flag (booleans), cfg (lists or objects)" in capsys.readouterr().out
+
+
+def test_every_metric_gets_its_own_figure(tmp_path, capsys):
+    loss, a, b = _loss_and()
+    path = _write_csv(tmp_path / "names.csv", ["model", "val_loss", "λ/μ", "日本", "b"],
+                      [(f"m{i}", loss[i], a[i], b[i], -loss[i]) for i in range(30)])
+    out = tmp_path / "o"
+    assert main(["analyze", str(path), "--loss", "val_loss", "--draws", "100", "--out", str(out)]) == 0
+    figures = json.loads((out / "analysis.json").read_text())["figures"]
+    assert len(set(figures)) == 3 and sorted(p.name for p in out.glob("*.png")) == sorted(figures)
+    assert "and 3 figures" in capsys.readouterr().out
+
+
+def test_a_long_table_is_tested_in_batches_within_memory(tmp_path):
+    """The vectorized permutation test held draws x n values at once (a 1,000,000-row table needed
+    ~80 GB). Capped at 600 MiB of address space, 300 draws over 100,000 rows (~230 MiB a batch)
+    must run."""
+    script = tmp_path / "perm.py"
+    script.write_text(
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (600 << 20, 600 << 20))\n"
+        "import numpy as np\n"
+        "from lm_bridge.analysis import permutation_p\n"
+        "y = np.random.default_rng(0).normal(size=100_000)\n"
+        "x = y + np.random.default_rng(1).normal(size=100_000)\n"
+        "print(permutation_p(x, y, 300, 0)[0])\n")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    # rho ~ 0.7 at n = 1e5: no shuffle comes close, so p is the smallest two-sided value, 2 / (draws + 1)
+    assert float(done.stdout) == pytest.approx(2 / 301)
+
+
+def test_table_and_flag_mistakes_name_the_problem(tmp_path):
+    rows = _rows()
+    with pytest.raises(TableError, match="not a regular expression"):
+        analyze_table(rows, "val_loss", group="run", group_pattern="(")
+    with pytest.raises(TableError, match="'val_loss' is the loss column"):
+        analyze_table(rows, "val_loss", metrics=["val_loss", "nc4"])
+    with pytest.raises(TableError, match="--ratio names 'nc4', a column the table already has"):
+        analyze_table(rows, "val_loss", ratios={"nc4": ("cdnv", "val_loss")})
+    with pytest.raises(TableError, match="names 'nc4' more than once"):
+        analyze_table(rows, "val_loss", metrics=["nc4", "nc4"])
+    with pytest.raises(TableError, match="line 3 has 2 cells; the header has 3"):
+        read_table(_write_csv(tmp_path / "short.csv", ["val_loss", "a", "b"], [(1, 2, 3), (2, 3)]))
+
+
+def test_json_arrays_and_ragged_json_lines_are_read_whole(tmp_path):
+    rows = _rows()
+    array = tmp_path / "models.json"
+    array.write_text(json.dumps(rows))
+    assert len(read_table(array)) == 6  # not "1 row"
+    assert analyze_table(read_table(array), "val_loss", metrics=["nc4"]).metrics["nc4"].n == 6
+    ragged = tmp_path / "ragged.jsonl"  # row 0 lacks the metric the others have
+    ragged.write_text("".join(json.dumps({k: v for k, v in r.items() if not (i == 0 and k == "nc4")}) + "\n"
+                              for i, r in enumerate(rows)))
+    with pytest.raises(TableError, match=r"column 'nc4' \(or the loss\) is missing or NaN in row\(s\) 0"):
+        analyze_table(read_table(ragged), "val_loss", metrics=["nc4"])
+    assert analyze_table(read_table(ragged), "val_loss", metrics=["nc4"], dropna=True).metrics["nc4"].n == 5
+    bad = tmp_path / "scalars.json"
+    bad.write_text("[1, 2, 3]")
+    with pytest.raises(TableError, match="element 1 is a JSON int, not an object"):
+        read_table(bad)

@@ -84,10 +84,8 @@ def test_tracking_on_a_tiny_run():
     assert last["h_norm"] == pytest.approx(float(np.linalg.norm(r.features(d))), rel=1e-6)
 
 
-def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
-    d = data()
-    whole = train_finite_lm(d, SMALL, device="cpu", snapshots=[40])
-    ckpt = tmp_path / "run.ckpt"
+def interrupt_at_step_25(d, ckpt, snapshots, monkeypatch) -> None:
+    """A run with checkpoints every 10 steps, stopped by Ctrl-C in its 26th optimizer step."""
     calls = {"n": 0}
     real = torch.optim.AdamW.step
 
@@ -99,8 +97,15 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", dying)
     with pytest.raises(KeyboardInterrupt):
-        train_finite_lm(d, SMALL, device="cpu", snapshots=[40], checkpoint=ckpt, checkpoint_every=10)
+        train_finite_lm(d, SMALL, device="cpu", snapshots=snapshots, checkpoint=ckpt, checkpoint_every=10)
     monkeypatch.setattr(torch.optim.AdamW, "step", real)
+
+
+def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
+    d = data()
+    whole = train_finite_lm(d, SMALL, device="cpu", snapshots=[40])
+    ckpt = tmp_path / "run.ckpt"
+    interrupt_at_step_25(d, ckpt, [40], monkeypatch)
     assert torch.load(ckpt, weights_only=False)["step"] == 20
     resumed = train_finite_lm(d, SMALL, device="cpu", snapshots=[40], checkpoint=ckpt, checkpoint_every=10)
     torch.testing.assert_close(resumed.model.W, whole.model.W, rtol=0, atol=0)
@@ -114,3 +119,38 @@ def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="layers must be >= 1"):
         FiniteLMConfig(layers=0)
     assert finite.FiniteLMConfig().dim == 128
+
+
+def test_a_resumed_run_has_the_history_of_an_uninterrupted_one(tmp_path, monkeypatch):
+    """The checkpoint at a snapshot step holds that step's record: resuming recorded it again
+    (steps [..., 48, 60, 60])."""
+    d = data()
+    marks = [0, 10, 20, 30, 40]
+    whole = train_finite_lm(d, SMALL, device="cpu", snapshots=marks)
+    ckpt = tmp_path / "run.ckpt"
+    interrupt_at_step_25(d, ckpt, marks, monkeypatch)
+    resumed = train_finite_lm(d, SMALL, device="cpu", snapshots=marks, checkpoint=ckpt, checkpoint_every=10)
+    assert resumed.resumed_from == 20 and whole.resumed_from is None
+    assert resumed.steps().tolist() == whole.steps().tolist() == marks
+    assert resumed.series("ce_minus_entropy").tolist() == whole.series("ce_minus_entropy").tolist()
+
+
+def test_a_garbage_checkpoint_is_refused_by_name(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="run.ckpt is not a readable resume state .* remove it"):
+        train_finite_lm(data(), SMALL, device="cpu", checkpoint=ckpt)
+    torch.save({"model": {}}, ckpt)
+    with pytest.raises(ValueError, match=r"not a resume state of this run \(it lacks optimizer, step"):
+        train_finite_lm(data(), SMALL, device="cpu", checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(heads=0), r"heads must be >= 1 \(an integer\), got 0"),
+    (dict(dim=2.5), r"dim must be >= 1 \(an integer\), got 2.5"),
+    (dict(steps=-1), "steps must be >= 0"),
+    (dict(lr=float("nan")), "need lr > 0"),
+])
+def test_more_bad_configs_are_named(options, match):
+    with pytest.raises(ValueError, match=match):
+        FiniteLMConfig(**options)

@@ -1,6 +1,7 @@
 """Word-level finite-context data (lm_bridge.words): a toy text with a known answer, tags, refusals."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -73,3 +74,25 @@ def test_refusals(tmp_path):
     (tmp_path / "plain.txt").write_text("no tags here at all\n")
     with pytest.raises(CorpusError, match="no word/tag tokens"):
         read_tagged(tmp_path)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(vocab_size=0), "vocab_size must be an integer >= 2, got 0"),
+    (dict(vocab_size=1), "vocab_size must be an integer >= 2, got 1"),
+    (dict(vocab_size=-5), "vocab_size must be an integer >= 2, got -5"),
+    (dict(vocab_size=2.5), "vocab_size must be an integer >= 2, got 2.5"),
+    (dict(vocab_size=2, unknown="map"), "vocab_size must be an integer >= 3, got 2"),
+    (dict(context_length=-1), "context_length must be an integer >= 1, got -1"),
+    (dict(context_length=1.5), "context_length must be an integer >= 1, got 1.5"),
+    (dict(min_count=0), "min_count must be an integer >= 1, got 0"),
+])
+def test_sizes_out_of_range_are_named(options, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        word_contexts(sentences(TEXT), **{"vocab_size": 4, "context_length": 1, "min_count": 1, **options})
+
+
+def test_untagged_sentences_are_named():
+    with pytest.raises(ValueError, match=r"sentence 0 must be a list of \(word, tag or None\) pairs.*'the cat sat'"):
+        word_contexts(["the cat sat", "the dog sat"], vocab_size=2)
+    with pytest.raises(ValueError, match="sentence 1 must be a list of"):
+        word_contexts([[("the", None), ("cat", None)], ["the", "dog"]], vocab_size=2)

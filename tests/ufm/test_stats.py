@@ -242,3 +242,53 @@ def test_cuda_accumulator_equals_naive():
         acc.update(torch.as_tensor(h[part], device="cuda"), torch.as_tensor(y[part], device="cuda"),
                    torch.as_tensor(w[part], device="cuda"))
     assert_stats_close(acc.compute().to("cpu"), naive_stats(h, y, 40, w), rtol=1e-12)
+
+
+def _v2_file(tmp_path):
+    stats = stats_from_features(np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 4, 4)
+    return stats, stats.save(tmp_path / "stats.safetensors")
+
+
+def _rewrite(path, tensors=None, **header):
+    """The file with its header fields replaced (and, optionally, other tensors): a hand edit."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta, data = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    meta.update(header)
+    meta = {k: v for k, v in meta.items() if v is not None}
+    save_file(tensors or data, str(path), metadata=meta)
+
+
+def test_a_file_relabelled_version_1_is_still_checked(tmp_path):
+    stats, path = _v2_file(tmp_path)
+    tampered = {"counts": stats.counts, "sample_counts": stats.sample_counts, "means": stats.means + 1.0,
+                "var_traces": stats.var_traces, "within_scatter": stats.within_scatter}
+    _rewrite(path, tampered, version="1")  # the checksum of the old tensors stays in the header
+    with pytest.raises(StatsFileError, match="do not match the checksum"):
+        ClassStats.load(path)
+
+
+def test_a_true_version_1_file_loads_with_a_warning_that_it_is_unverified(tmp_path):
+    stats, path = _v2_file(tmp_path)
+    _rewrite(path, version="1", sha256=None)
+    with pytest.warns(UserWarning, match="version-1 statistics file, which has no checksum"):
+        loaded = ClassStats.load(path)
+    assert torch.equal(loaded.means, stats.means)
+
+
+def test_float32_statistics_are_widened_and_give_the_float64_metrics(tmp_path):
+    from ufm import collapse_metrics
+
+    stats, path = _v2_file(tmp_path)
+    narrow = {k: getattr(stats, k).float() for k in ("counts", "means", "var_traces", "within_scatter")}
+    _rewrite(path, dict(narrow, sample_counts=stats.sample_counts.int()), sha256=None, version="1")
+    with pytest.warns(UserWarning):
+        loaded = ClassStats.load(path)
+    assert loaded.means.dtype == torch.float64 and loaded.sample_counts.dtype == torch.int64
+    direct = ClassStats(**narrow, sample_counts=stats.sample_counts.int())
+    want = collapse_metrics(ClassStats(**{k: v.double() for k, v in narrow.items()}, sample_counts=stats.sample_counts))
+    for got in (collapse_metrics(loaded), collapse_metrics(direct)):
+        assert got.cdnv_mean == pytest.approx(want.cdnv_mean, rel=1e-12)
+        assert got.etf_error == pytest.approx(want.etf_error, rel=1e-12)

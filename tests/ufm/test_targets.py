@@ -84,3 +84,29 @@ def test_bad_builders():
         random_supports(4, 3, 2, probs="gauss")
     with pytest.raises(ValueError, match="needs more than context_length=3 tokens"):
         from_token_stream([1, 2, 3], 3)
+
+
+def test_ids_and_sizes_that_are_not_whole_numbers_are_refused():
+    with pytest.raises(ValueError, match=r"token ids must be integers, got 0.3"):
+        from_token_stream([0.3, 0.6, 1, 2, 0.3, 0.6], 1)  # int64 would make 0.3 and 0.6 the same token 0
+    assert from_token_stream([0.0, 1.0, 2.0, 0.0, 1.0], 1)[0].vocab_size == 3  # whole floats are ids
+    for bad in (-5, 2.5, 0):
+        with pytest.raises(ValueError, match="vocab_size must be an integer >= 1"):
+            from_token_stream([0, 1, 2, 0, 1], 1, vocab_size=bad)
+    with pytest.raises(ValueError, match=r"vocab_size \(V\) must be an integer >= 1, got 2.5"):
+        NTPTargets(np.ones(2) / 2, np.array([0, 1]), np.array([0, 1]), np.ones(2), 2.5)
+    with pytest.raises(ValueError, match="tokens must be integer ids, got dtype float64"):
+        NTPTargets(np.ones(2) / 2, np.array([0.0, 1.0]), np.array([0, 1]), np.ones(2), 2)
+    with pytest.raises(ValueError, match=r"pi must be a 1-D numpy array, got shape \(1, 2\)"):
+        NTPTargets(np.ones((1, 2)) / 2, np.array([0, 1]), np.array([0, 1]), np.ones(2), 2)
+    with pytest.raises(ValueError, match=r"pi must have shape \(m,\), got \(2, 2\)"):
+        NTPTargets.from_arrays(np.ones((2, 2)) / 4, np.eye(2))
+
+
+def test_random_supports_gives_the_patterns_it_is_asked_for():
+    for seed in range(20):  # V = 6, k = 2: 15 possible supports, so 8 random draws often repeat one
+        assert random_supports(40, 6, 2, num_patterns=8, seed=seed).describe()["num_support_patterns"] == 8
+    with pytest.raises(ValueError, match="num_patterns=9 is more than the 5 contexts"):
+        random_supports(5, 10, 2, num_patterns=9)
+    with pytest.raises(ValueError, match=r"num_patterns=5 distinct supports of size 1..1 do not exist among V=3 tokens \(there are 3\)"):
+        random_supports(6, 3, 1, num_patterns=5)

@@ -313,3 +313,29 @@ def test_cuda_training_matches_cpu():
     a = train_ufm(t, 8, weight_decay=1e-3, steps=200, device="cpu", snapshots=2)
     b = train_ufm(t, 8, weight_decay=1e-3, steps=200, device="cuda", snapshots=2)
     torch.testing.assert_close(a.W, b.W, rtol=1e-9, atol=1e-11)
+
+
+def test_etf_error_floor_is_attained_and_never_beaten():
+    """sqrt(2 - 2 sqrt(D/(K-1))) for D < K-1: means whose centred Gram is a rank-D projection inside
+    the simplex's span reach it; random means in R^D never go below it."""
+    from ufm import collapse_metrics, stats_from_features
+    from ufm.theory import etf_error_floor
+
+    rng = np.random.default_rng(0)
+
+    def etf_error(means):
+        K = len(means)
+        return collapse_metrics(stats_from_features(means, np.arange(K), K)).etf_error
+
+    for K, D in ((11, 4), (30, 8), (5, 3)):
+        floor = etf_error_floor(K, D)
+        assert floor == pytest.approx(math.sqrt(2 - 2 * math.sqrt(D / (K - 1))), rel=1e-15)
+        centred = np.eye(K) - 1.0 / K  # its columns span the simplex's (K-1)-dimensional space
+        basis = np.linalg.svd(centred)[0][:, : K - 1]  # (K, K-1) orthonormal, orthogonal to 1
+        means = basis[:, :D]  # (K, D): Gram = a rank-D projection inside E's range
+        assert etf_error(means) == pytest.approx(floor, abs=1e-12)
+        assert min(etf_error(rng.normal(size=(K, D))) for _ in range(50)) > floor
+    assert etf_error_floor(10, 9) == 0.0 and etf_error_floor(10, 50) == 0.0
+    with pytest.raises(ValueError, match="need K >= 2 classes and D >= 1"):
+        etf_error_floor(1, 4)
+

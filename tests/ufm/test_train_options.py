@@ -74,3 +74,43 @@ def test_normalized_ufm_puts_on_the_sphere_only_what_it_names(normalize):
     on_sphere = lambda norms: bool(torch.allclose(norms, torch.full_like(norms, 2.0), rtol=1e-9))  # noqa: E731
     assert on_sphere(h.norm(dim=0)) == (normalize in ("features", "both"))
     assert on_sphere(w.norm(dim=1)) == (normalize in ("words", "both"))
+
+
+def test_mse_with_a_bias_trains_the_objective_written_out():
+    """The recorded objective of an MSE run with a bias equals the formula computed from the trained
+    factors: sum_j pi_j (1/2)||W h_j + b - p_j||^2 + (lambda/2)(||W||^2 + ||H||^2)."""
+    lam = 1e-3
+    r = train_ufm(T, 4, weight_decay=lam, steps=200, loss="mse", bias=True, device="cpu", snapshots=[200])
+    W, H, b = r.W.numpy(), r.H.numpy(), r.bias.numpy()
+    assert np.abs(b).max() > 1e-3  # the bias is used, so its cross term 2 b^T W h matters
+    residual = W @ H + b[:, None] - T.dense()
+    want = 0.5 * (T.pi * (residual ** 2).sum(0)).sum() + 0.5 * lam * ((W ** 2).sum() + (H ** 2).sum())
+    assert r.history[-1]["objective"] == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(snapshots=-2), "snapshots must be an integer >= 0, got -2"),
+    (dict(snapshots=[5, 999]), r"snapshot step\(s\) \[999\] come after the last step \(10\)"),
+    (dict(chunk_entries=0), r"chunk_entries \(None for dense logits\) must be an integer >= 1, got 0"),
+    (dict(seed=2 ** 70), r"seed must be an integer in \[0, 2\*\*63\)"),
+    (dict(seed=-1), r"seed must be an integer in \[0, 2\*\*63\)"),
+    (dict(l_mm=np.full((6, 12), np.nan)), r"l_mm holds 72 NaN or Inf value\(s\)"),
+])
+def test_bad_training_options_are_refused_before_training(options, match):
+    with pytest.raises(ValueError, match=match):
+        train_ufm(T, 4, weight_decay=1e-3, steps=10, device="cpu", **options)
+
+
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_its_estimate():
+    from ufm.train import TRAIN_MEMORY_FRACTION, training_bytes
+
+    config = TrainConfig(dim=100_000_000, weight_decay=1e-3, steps=1, lr=0.05)
+    need = training_bytes(config, one_hot([5] * 10))
+    # W (10 x 1e8) and H (1e8 x 50), five float64 copies each: 2.4e11 bytes at least.
+    assert need >= 5 * 8 * (10 + 50) * 100_000_000
+    with pytest.raises(ValueError, match=r"needs about .* GiB, more than 80% of the .* GiB free on cpu; lower dim"):
+        train_ufm(one_hot([5] * 10), 100_000_000, weight_decay=1e-3, steps=1, device="cpu")
+    assert TRAIN_MEMORY_FRACTION == 0.8
+    # An ordinary run's estimate stays a small multiple of its parameters.
+    small = TrainConfig(dim=4, weight_decay=1e-3, steps=1, lr=0.05)
+    assert training_bytes(small, T) < 100 * 8 * (6 * 4 + 4 * 12)
