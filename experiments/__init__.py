@@ -29,7 +29,7 @@ SUMMARIES = {
     "linguistic-collapse": "a grid of CLMs on Shakespeare, metrics against validation loss",
     "feature-collapse": "Laurent et al.: {uniform, Zipf} x {LayerNorm, none}, and the synonym language",
     "deep-linear": "imbalanced MSE, depths 0-3: the orthogonal frame in every layer",
-    "perturbation": "features near H0 (Tirer et al.): within-class variability against beta",
+    "perturbation": "Tirer et al. in their regime: Theorem 4.2 by an exact Jacobian, Corollary 3.2 at large beta",
     "mixup": "mixup UFM with a fixed ETF classifier: the features' span",
     "softmax-code": "normalized UFM with K > d + 1: rho(W) against the K-gon / simplex / cross-polytope",
     "linear-model": "fixed H, GD: cos(W_t, W^mm) rising toward 1",

@@ -29,15 +29,15 @@ def test_deep_linear_frame_in_every_layer(tmp_path):
     assert last["weight_decay"] == 2e-2 and last["collapsed"][-1] and last["s2"][-1] < 1e-8
 
 
-def test_perturbation_optimum_below_h0(tmp_path):
+def test_perturbation_in_the_papers_regime(tmp_path):
     r = run("perturbation", tmp_path)
-    assert r["all_below_h0"]
-    mse = [row for row in r["rows"] if row["loss"] == "mse"]
-    assert [row["beta"] for row in mse] == [3e-2, 1.0]
-    ratios = [row["ratio"] for row in mse]
-    assert ratios == sorted(ratios) and ratios[-1] > 0.95 * r["h0_ratio"]  # back to H0 as beta grows
-    assert mse[-1]["stationarity"] < 1e-6 and mse[0]["stationarity"] < 1e-4
-    assert r["feature_decay_stronger_at_beta"]["mse"] == [3e-2, 1.0]
+    assert [row["beta"] for row in r["theorem_4_2"]] == [100.0, 200.0]
+    assert r["worst_error_times_beta2"] < 3  # Theorem 4.2 holds to O(1/beta^2)
+    for row in r["theorem_4_2"]:
+        assert row["same_max"] == pytest.approx(1.0, abs=1e-12) and row["cross_second"] < 1e-12
+    assert r["all_below_h0"]  # Corollary 3.2
+    ratios = [row["ratio"] for row in r["corollary_3_2"]]
+    assert ratios == sorted(ratios) and all(row["stationarity"] < 1e-6 for row in r["corollary_3_2"])
 
 
 def test_mixup_span_and_symmetry(tmp_path):
