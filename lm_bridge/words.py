@@ -4,8 +4,12 @@ measured on "simplified TinyStories" built this way), with each word's part of s
 corpus is tagged (Brown).
 
 Sentences are lower-cased and read one per line; a context never crosses a sentence boundary. Words
-outside the vocabulary are dropped from the sentence (``unknown="drop"``: contexts of frequent words
-only) or mapped to one token ``<unk>`` (``unknown="map"``, the last id).
+outside the vocabulary end every window they fall in (``unknown="drop"``, the default: each context
+is n consecutive in-vocabulary words of the text followed by an in-vocabulary word, so every context
+occurred), or are mapped to one token ``<unk>`` (``unknown="map"``, the last id), or are cut out of
+the sentence before the windows slide (``unknown="splice"``, earlier versions' "drop": it joins words
+that were never adjacent, e.g. "the of the ,", and on Brown at V = 100, n = 4 most contexts never
+occur in the text; kept only to reproduce those runs).
 """
 
 from __future__ import annotations
@@ -102,8 +106,8 @@ def _word_tag_pairs(sentence, index: int) -> list[tuple[str, str | None]]:
 def word_contexts(sentences, *, vocab_size: int = 100, context_length: int = 5, min_count: int = 5,
                   unknown: str = "drop") -> WordContexts:
     """The finite-context NTP data of ``sentences`` (lists of (word, tag or None)): see the module doc."""
-    if unknown not in ("drop", "map"):
-        raise ValueError(f"unknown must be 'drop' or 'map', got {unknown!r}")
+    if unknown not in ("drop", "map", "splice"):
+        raise ValueError(f"unknown must be 'drop' or 'map' (or 'splice', earlier versions' drop), got {unknown!r}")
     check_positive_int(vocab_size, "vocab_size", minimum=2 + (unknown == "map"))
     check_positive_int(context_length, "context_length")
     check_positive_int(min_count, "min_count")
@@ -117,13 +121,20 @@ def word_contexts(sentences, *, vocab_size: int = 100, context_length: int = 5, 
     tags: dict[str, Counter] = {w: Counter() for w in words}
     ctx, nxt = [], []
     for s in sentences:
-        seq = [ids.get(w, len(words) - 1) for w, _ in s] if unknown == "map" else [ids[w] for w, _ in s if w in ids]
+        if unknown == "map":
+            seq = [ids.get(w, len(words) - 1) for w, _ in s]
+        elif unknown == "splice":
+            seq = [ids[w] for w, _ in s if w in ids]
+        else:
+            seq = [ids.get(w, -1) for w, _ in s]  # -1: a word outside the vocabulary
         for w, tag in s:
             if tag is not None and w in tags:
                 tags[w][tag] += 1
         for i in range(context_length, len(seq)):
-            ctx.append(tuple(seq[i - context_length:i]))
-            nxt.append(seq[i])
+            window = seq[i - context_length:i + 1]
+            if -1 not in window:  # only windows of consecutive in-vocabulary words
+                ctx.append(tuple(window[:-1]))
+                nxt.append(window[-1])
     if not ctx:
         raise ValueError(f"no sentence is longer than context_length={context_length} words")
     targets, kept = from_transitions(ctx, nxt, len(words), min_count=min_count)

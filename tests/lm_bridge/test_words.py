@@ -96,3 +96,35 @@ def test_untagged_sentences_are_named():
         word_contexts(["the cat sat", "the dog sat"], vocab_size=2)
     with pytest.raises(ValueError, match="sentence 1 must be a list of"):
         word_contexts([[("the", None), ("cat", None)], ["the", "dog"]], vocab_size=2)
+
+
+def test_every_context_occurs_as_consecutive_words_of_the_text():
+    """A window that holds a word outside the vocabulary is not formed (unknown="drop"): in
+    "p q z p q r" with z rare, (q, p) -> q never occurs and is not a context; splicing made it one."""
+    text = ["p q z p q r", "p q r p q r", "r p q z"]
+    kept = word_contexts(sentences(text), vocab_size=3, context_length=2, min_count=1)
+    assert {kept.text(j) for j in range(kept.targets.num_contexts)} == {"p q", "q r", "r p"}
+    spliced = word_contexts(sentences(text), vocab_size=3, context_length=2, min_count=1, unknown="splice")
+    assert "q p" in {spliced.text(j) for j in range(spliced.targets.num_contexts)}
+    # Every kept (context, next word) is a run of consecutive words of some sentence.
+    P = kept.targets.dense()
+    for j in range(kept.targets.num_contexts):
+        for z in np.flatnonzero(P[:, j]):
+            run = f" {kept.text(j)} {kept.words[z]} "
+            assert any(run in f" {line} " for line in text), run
+
+
+def test_consecutive_contexts_on_a_random_text():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(12)]
+    text = [" ".join(rng.choice(words, size=12, p=np.r_[np.full(6, 0.15), np.full(6, 0.1 / 6)])) for _ in range(60)]
+    data = word_contexts(sentences(text), vocab_size=6, context_length=3, min_count=1)
+    padded = [f" {line} " for line in text]
+    for j in range(data.targets.num_contexts):
+        assert any(f" {data.text(j)} " in line for line in padded)
+    # Counts are the occurrences of the window with an in-vocabulary next word.
+    j = int(np.argmax(data.counts))
+    vocab = set(data.words)
+    want = sum(1 for line in text for i, ws in enumerate([line.split()]) for k in range(3, len(ws))
+               if " ".join(ws[k - 3:k]) == data.text(j) and ws[k] in vocab and all(w in vocab for w in ws[k - 3:k]))
+    assert data.counts[j] == want
