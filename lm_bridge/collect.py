@@ -79,15 +79,21 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def batches(blocks: Iterable[list[int]], batch_size: int, pad_id: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(ids (B, T), lengths (B,)) right-padded with ``pad_id`` (never labelled, never attended)."""
-    it = iter(blocks)
-    while chunk := list(itertools.islice(it, batch_size)):
-        lengths = torch.tensor([len(b) for b in chunk])
-        ids = torch.full((len(chunk), int(lengths.max())), pad_id, dtype=torch.long)
-        for i, b in enumerate(chunk):
-            ids[i, : len(b)] = torch.tensor(b)
-        yield ids, lengths
+def batches(blocks: Iterable[list[int]], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(ids (B, T), lengths (B,)) of up to ``batch_size`` consecutive blocks of one length.
+
+    A batch never mixes lengths, so no position is padded: with right padding, the padded tail of a
+    short block is masked out of every sliding attention window (Gemma-2, Mistral), its rows come out
+    NaN, and 0 x NaN then reaches the real positions that attend to it. Blocks are all full but the
+    corpus's last, which runs alone."""
+    chunk: list[list[int]] = []
+    for block in blocks:
+        if chunk and (len(chunk) == batch_size or len(block) != len(chunk[0])):
+            yield torch.tensor(chunk, dtype=torch.long), torch.full((len(chunk),), len(chunk[0]))
+            chunk = []
+        chunk.append(block)
+    if chunk:
+        yield torch.tensor(chunk, dtype=torch.long), torch.full((len(chunk),), len(chunk[0]))
 
 
 def labelled_positions(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -135,13 +141,23 @@ def state_bytes(num_classes: int, dim: int) -> int:
     return 8 * (num_classes * dim + 3 * num_classes + dim * dim)
 
 
-def check_memory(loaded: LoadedModel, num_states: int) -> int:
+def state_widths(loaded: LoadedModel, layers: tuple[int, ...]) -> dict[str, int]:
+    """D of each accumulator: the unembedding's input for the final one, each hidden state's own
+    width for the layers (they differ where a projection sits between the last block and the head)."""
+    widths = {FINAL: loaded.hidden_size}
+    if layers:
+        widths |= {layer_name(i): loaded.hidden_state_widths[i] for i in layers}
+    return widths
+
+
+def check_memory(loaded: LoadedModel, widths: dict[str, int]) -> int:
     """Refuse, before the pass, statistics that cannot fit; return their size in bytes."""
-    need = num_states * state_bytes(loaded.vocab_size, loaded.hidden_size)
+    need = sum(state_bytes(loaded.vocab_size, d) for d in widths.values())
     have = free_memory(loaded.device)
     if need > MEMORY_FRACTION * have:
+        dims = ", ".join(sorted({str(d) for d in widths.values()}))
         raise CollectError(
-            f"{num_states} statistics states of K={loaded.vocab_size} x D={loaded.hidden_size} float64 need "
+            f"{len(widths)} statistics states of K={loaded.vocab_size} x D={dims} float64 need "
             f"{need / 2**30:.2f} GiB, more than {MEMORY_FRACTION:.0%} of the {have / 2**30:.2f} GiB free on "
             f"{loaded.device}; ask for fewer --layers"
         )
@@ -187,8 +203,9 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
     block_size = resolve_block_size(loaded, config)
     layers = resolve_layers(loaded, config.layers)
     names = _names(layers)
-    check_memory(loaded, len(names))
-    accs = {n: StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=dev) for n in names}
+    widths = state_widths(loaded, layers)
+    check_memory(loaded, widths)
+    accs = {n: StatsAccumulator(loaded.vocab_size, widths[n], device=dev) for n in names}
     blocks_done = tokens = resumed = 0
     corpus_id = corpus.identity()  # hashes (and checks) every file: once per run
     ckpt = identity = None
@@ -218,8 +235,9 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
                 try:
                     accs[name].update(h[:, :-1][keep], labels)
                 except ValueError as err:  # the run stops here; the checkpoint on disk is untouched
+                    what = "NaN or Inf hidden states" if "NaN or Inf" in str(err) else "hidden states of an unexpected shape"
                     raise CollectError(
-                        f"NaN or Inf hidden states in batch {n_batch} ({name}, blocks {blocks_done}.."
+                        f"{what} in batch {n_batch} ({name}, blocks {blocks_done}.."
                         f"{blocks_done + len(lengths) - 1} of this rank): {err}"
                     ) from err
             blocks_done += len(lengths)
@@ -249,7 +267,7 @@ def _merge_ranks(accs: dict[str, StatsAccumulator], blocks: int, tokens: int, lo
     states = {n: {k: v.cpu() for k, v in acc.state().items()} for n, acc in accs.items()} if tokens else None
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (states, blocks, tokens))
-    merged = {n: StatsAccumulator(loaded.vocab_size, loaded.hidden_size, device=loaded.device) for n in accs}
+    merged = {n: StatsAccumulator(acc.num_classes, acc.dim, device=loaded.device) for n, acc in accs.items()}
     for rank_states, _, _ in gathered:
         if rank_states is not None:
             for n, state in rank_states.items():

@@ -123,7 +123,7 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
                     heldout=None if heldout is None else str(heldout.root)),
         tokens=result.tokens, blocks=result.blocks, resumed_blocks=result.resumed_blocks,
         collect=result.stats.metadata, seconds=result.seconds,
-        state_gib=(1 + len(result.layers)) * state_bytes(loaded.vocab_size, loaded.hidden_size) / 2**30,
+        state_gib=sum(state_bytes(loaded.vocab_size, s.dim) for s in (result.stats, *result.layers.values())) / 2**30,
         figures=figures,
     )
     write_json(out / "metrics.json", summary)

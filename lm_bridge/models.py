@@ -8,6 +8,7 @@ it — after the final norm — captured by one forward pre-hook that removes it
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -65,6 +66,16 @@ class LoadedModel:
             if isinstance(value, int) and value > 0:
                 return value
         return None
+
+    @functools.cached_property
+    def hidden_state_widths(self) -> tuple[int, ...]:
+        """The width of every entry of output_hidden_states, read off one forward pass of two tokens:
+        they need not equal the unembedding's input (OPT's project_out maps the last state from the
+        hidden size to word_embed_proj_dim, while the embeddings and blocks keep the hidden size)."""
+        ids = torch.zeros((1, 2), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            states = self.model(input_ids=ids, output_hidden_states=True).hidden_states
+        return tuple(int(h.shape[-1]) for h in states)
 
     @property
     def num_hidden_states(self) -> int:
