@@ -235,6 +235,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
             print(format_table([(f"{r['name']} (step {r['step']})", r) for r in rows]))
             print(f"wrote {args.out}/series.csv ({len(rows)} checkpoints) and metrics_vs_step.png")
         return 0
+    if len(args.model) == 1 and paths[0] != args.model[0]:
+        print(f"{args.model[0]} holds one checkpoint ({paths[0].name}): measured as a single model into {args.out} "
+              "(a series needs two or more; no series.csv)")
     loaded = load_model(paths[0], device=resolve_device(device))
     config = replace(config, layers=parse_layers(args.layers, loaded))
     summary = measure_folder(loaded, corpus, args.out, config, mopts, heldout=heldout)

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import re
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -224,9 +225,14 @@ def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: Collect
         if summary is None:
             continue
         m = summary["metrics"]
+        identity = summary["model"]["identity"]
+        twin = next((r["name"] for r in rows if r["identity"] == identity), None)
+        if twin is not None:  # e.g. Pythia step branches that serve the final weights
+            print(f"warning: checkpoint {path.name} has the same content identity ({identity}) as {twin}: the same "
+                  "weights, measured twice; series.csv marks it in same_weights_as", file=sys.stderr)
         rows.append(dict(name=path.name, step=step, step_source=source, val_loss=summary["val_loss"],
-                         nc4_agreement=summary["nc4_agreement"], tokens=summary["tokens"],
-                         identity=summary["model"]["identity"],
+                         nc4_agreement=summary["nc4_agreement"], tokens=summary["tokens"], identity=identity,
+                         same_weights_as=twin or "",
                          **{k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}))
     if not rows:
         return rows

@@ -2,6 +2,7 @@
 refused by argparse or by the object that knows why, unwritable outputs, busy folders, corrupt
 models, mixed series, resumed runs that say so."""
 
+import csv
 import errno
 import json
 import os
@@ -189,3 +190,22 @@ def test_train_writes_usual_modes_and_says_when_it_resumes(tiny_corpus, tmp_path
     (out / "state.pt").write_bytes(b"garbage")
     assert main(argv) == 2
     assert "state.pt is not a readable resume state" in capsys.readouterr().err
+
+
+def test_a_series_flags_checkpoints_with_the_same_weights(tiny_models, tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    for step in ("step1", "step2"):
+        shutil.copytree(tiny_models["gpt2"], run / step)  # one model served under two step names
+    save_tiny_model(run / "step3", "gpt2", seed=1)
+    assert _measure(run, tiny_corpus, tmp_path / "m") == 0
+    assert "checkpoint step2 has the same content identity" in capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "m" / "series.csv").read_text().splitlines()))
+    assert [r["same_weights_as"] for r in rows] == ["", "step1", ""]
+
+
+def test_a_folder_of_one_checkpoint_says_it_is_a_single_model(tiny_models, tiny_corpus, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_models["gpt2"], run / "step5")
+    assert _measure(run, tiny_corpus, tmp_path / "m") == 0
+    assert f"{run} holds one checkpoint (step5): measured as a single model" in capsys.readouterr().out
+    assert (tmp_path / "m" / "metrics.json").is_file() and not (tmp_path / "m" / "series.csv").exists()
