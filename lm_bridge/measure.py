@@ -97,9 +97,12 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
     classifier = loaded.classifier()
     metrics = ufm.collapse_metrics(result.stats, classifier, **options.metrics)
     result.stats.save(out / "stats.safetensors")
+    table_options = {k: options.metrics[k] for k in ("cdnv_power", "center", "min_count") if k in options.metrics}
+    write_class_table(out / "classes.csv", ufm.class_table(result.stats, classifier, **table_options))
     layers = {}
     for i, stats in result.layers.items():
         stats.save(out / "layers" / f"{layer_name(i)}.safetensors")
+        write_class_table(out / "layers" / f"{layer_name(i)}_classes.csv", ufm.class_table(stats, **table_options))
         # The classifier meets the last hidden state only: NC3 is not defined for inner layers.
         layers[str(i)] = dict(metrics=ufm.collapse_metrics(stats, **options.metrics).to_dict(),
                               nc4_agreement=None if nc4 is None else nc4.layers.get(i))
@@ -130,6 +133,12 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
     write_json(out / "metrics.json", summary)
     (out / "checkpoint.safetensors").unlink(missing_ok=True)  # done: a rerun must not resume a finished run
     return summary
+
+
+def write_class_table(path: Path, table: ufm.ClassTable) -> Path:
+    """One row per kept class (ufm.class_table), atomically."""
+    text = table.to_csv()
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def model_label(path: Path) -> str:

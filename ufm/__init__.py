@@ -11,6 +11,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _NAMES = {
     "PRESETS": "presets",
+    "ClassTable": "classes",
+    "class_table": "classes",
     "CollapseMetrics": "metrics",
     "MetricOptions": "metrics",
     "collapse_metrics": "metrics",

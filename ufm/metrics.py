@@ -67,6 +67,7 @@ class CollapseMetrics:
     num_classes_kept: int
     num_pairs: int
     nc1_trace_ratio: float  # Tr(S_W S_B^+) / K
+    nc1_quotient: float  # Tr S_W / Tr S_B (the scalar quotient; Tirer et al.'s within-class variability)
     cdnv_mean: float  # mean CDNV over pairs of kept classes
     cdnv_std: float
     norm_mean: float  # mean ||m_c||
@@ -84,6 +85,11 @@ class CollapseMetrics:
     dual_cos_std: float | None = None
     unc_cov: float | None = None  # dual_cos_std / |dual_cos_mean|
     dual_error: float | None = None  # || W M^T / ||W M^T||_F - (I - 11^T/K) / sqrt(K-1) ||_F
+    dot_mean: float | None = None  # mean over classes of w_c . m_c (the dot-product similarity)
+    dot_std: float | None = None
+    unc_dot_cov: float | None = None  # dot_std / |dot_mean| (UNC of the dot products)
+    dual_dist_mean: float | None = None  # mean over classes of ||w_c/|w_c| - m_c/|m_c|||
+    dual_dist_std: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,7 +104,7 @@ class CollapseMetrics:
             if key == "options" or (isinstance(value, (int, float)) and math.isfinite(value)):
                 continue
             if value is None:
-                reasons[key] = ("no classifier was given" if key.startswith(("dual", "unc"))
+                reasons[key] = ("no classifier was given" if key.startswith(("dual", "unc", "dot"))
                                 else "riesz_s was not set" if key.startswith("riesz") else "not computed")
             elif key.startswith("cdnv"):
                 reasons[key] = ("two kept classes have the same mean (distance 0): infinite CDNV" if value == math.inf
@@ -177,11 +183,16 @@ def collapse_metrics(
         riesz_s=opts.riesz_s, classifier=w,
     )
     dual = {}
-    if w is not None:
+    if w is not None:  # NC3 and its variants: cosines, dot products, distances of the normalized vectors
         dual_cos = (w * centered).sum(1) / (w.norm(dim=1) * norms)  # (K',)
         mean, std = _mean_std(dual_cos, opts.spread_ddof)
+        dots = (w * centered).sum(1)  # (K',) w_c . m_c
+        dot_mean, dot_std = _mean_std(dots, opts.spread_ddof)
+        dist_mean, dist_std = _mean_std((w / w.norm(dim=1, keepdim=True) - centered / norms[:, None]).norm(dim=1),
+                                        opts.spread_ddof)
         dual = dict(dual_cos_mean=mean, dual_cos_std=std, unc_cov=_ratio(std, abs(mean)),
-                    dual_error=pairs.dual_error)
+                    dual_error=pairs.dual_error, dot_mean=dot_mean, dot_std=dot_std,
+                    unc_dot_cov=_ratio(dot_std, abs(dot_mean)), dual_dist_mean=dist_mean, dual_dist_std=dist_std)
     riesz = dict(riesz_mean=pairs.riesz[0], riesz_std=pairs.riesz[1]) if pairs.riesz else {}
     norm_mean, norm_std = _mean_std(norms, opts.spread_ddof)
     log_mean, log_std = _mean_std(log_norms, opts.spread_ddof)
@@ -190,6 +201,7 @@ def collapse_metrics(
         num_classes_kept=k,
         num_pairs=pairs.num_pairs,
         nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, centered),
+        nc1_quotient=_ratio(float(torch.trace(stats.within_scatter)), float(centered.square().sum()) / k),
         cdnv_mean=pairs.cdnv[0],
         cdnv_std=pairs.cdnv[1],
         norm_mean=norm_mean,

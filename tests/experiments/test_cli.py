@@ -209,3 +209,18 @@ def test_a_folder_of_one_checkpoint_says_it_is_a_single_model(tiny_models, tiny_
     assert _measure(run, tiny_corpus, tmp_path / "m") == 0
     assert f"{run} holds one checkpoint (step5): measured as a single model" in capsys.readouterr().out
     assert (tmp_path / "m" / "metrics.json").is_file() and not (tmp_path / "m" / "series.csv").exists()
+
+
+def test_measure_writes_a_per_class_table_for_every_state(tiny_models, tiny_corpus, tmp_path):
+    from ufm import ClassStats, class_table
+
+    out = tmp_path / "m"
+    assert _measure(tiny_models["gpt2"], tiny_corpus, out, "--layers", "all") == 0
+    loaded = load_model(tiny_models["gpt2"])
+    want = class_table(ClassStats.load(out / "stats.safetensors"), loaded.classifier())
+    rows = list(csv.DictReader((out / "classes.csv").read_text().splitlines()))
+    assert [int(r["class_id"]) for r in rows] == want.class_id.tolist()
+    assert [float(r["nc3_cos"]) for r in rows] == pytest.approx(want.nc3_cos.tolist(), rel=1e-12)
+    for i in range(3):
+        layer = list(csv.DictReader((out / "layers" / f"layer_{i:02d}_classes.csv").read_text().splitlines()))
+        assert layer and layer[0]["nc3_cos"] == "nan"  # the classifier meets the last state only

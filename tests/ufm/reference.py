@@ -48,6 +48,7 @@ def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="u
     s_b = m.T @ m / kk
     out = {"num_classes_kept": kk, "num_pairs": kk * (kk - 1) // 2}
     out["nc1_trace_ratio"] = np.trace(s["within_scatter"] @ np.linalg.pinv(s_b, rtol=1e-10)) / kk
+    out["nc1_quotient"] = np.trace(s["within_scatter"]) / np.trace(s_b)
     cdnv, cos, logk, riesz = [], [], [], []
     for i in range(kk):
         for j in range(i + 1, kk):
@@ -82,6 +83,11 @@ def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="u
             unc_cov=_pop_std(dual, spread_ddof) / abs(dual.mean()),
             dual_error=np.linalg.norm(a / np.linalg.norm(a) - etf),
         )
+        dots = np.array([wk[c] @ m[c] for c in range(kk)])
+        dist = np.array([np.linalg.norm(wk[c] / np.linalg.norm(wk[c]) - m[c] / norms[c]) for c in range(kk)])
+        out.update(dot_mean=dots.mean(), dot_std=_pop_std(dots, spread_ddof),
+                   unc_dot_cov=_pop_std(dots, spread_ddof) / abs(dots.mean()),
+                   dual_dist_mean=dist.mean(), dual_dist_std=_pop_std(dist, spread_ddof))
     return out
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.stats import ortho_group
 
 from tests.conftest import requires_cuda
-from tests.ufm.reference import naive_metrics
+from tests.ufm.reference import naive_metrics, naive_stats
 from ufm import PRESETS, MetricOptions, collapse_metrics, stats_from_features
 from ufm.metrics import nc1_trace_ratio
 
@@ -23,10 +23,12 @@ def samples(k=40, d=16, n=800, seed=0, weighted=True):
 
 
 METRIC_KEYS = [
-    "nc1_trace_ratio", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
+    "nc1_trace_ratio", "nc1_quotient", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
     "cos_std", "etf_error", "gnc_log_mean", "gnc_log_std",
 ]
-DUAL_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
+NC3_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
+# The peer library's NC3 variants: dot products (not scale-free) and distances of the unit vectors.
+DUAL_KEYS = NC3_KEYS + ["dot_mean", "dot_std", "unc_dot_cov", "dual_dist_mean", "dual_dist_std"]
 
 
 @pytest.mark.parametrize(
@@ -119,8 +121,8 @@ def test_rotation_invariance(seed):
 
 
 SCALE_FREE = [
-    "nc1_trace_ratio", "cdnv_mean", "cdnv_std", "norm_cov", "cos_mean", "cos_std", "etf_error",
-    "gnc_log_mean", "gnc_log_std", *DUAL_KEYS,
+    "nc1_trace_ratio", "nc1_quotient", "cdnv_mean", "cdnv_std", "norm_cov", "cos_mean", "cos_std", "etf_error",
+    "gnc_log_mean", "gnc_log_std", *NC3_KEYS, "unc_dot_cov", "dual_dist_mean", "dual_dist_std",
 ]
 
 
@@ -275,3 +277,46 @@ def test_drawn_data_equals_the_naive_reference(k, d, extra, seed, zero_share, em
     assert got["num_classes_kept"] == want["num_classes_kept"]
     for key in METRIC_KEYS + DUAL_KEYS:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-7, atol=1e-10, equal_nan=True, err_msg=key)
+
+
+@given(scale=st.floats(1e-2, 1e2), w_scale=st.floats(1e-2, 1e2))
+def test_dot_products_scale_with_both_factors(scale, w_scale):
+    h, y, w, W = samples(seed=5)
+    base = collapse_metrics(_stats(h, y, w), W).to_dict()
+    scaled = collapse_metrics(_stats(h * scale, y, w), W * w_scale).to_dict()
+    for key in ("dot_mean", "dot_std"):
+        assert scaled[key] == pytest.approx(base[key] * scale * w_scale, rel=1e-9), key
+
+
+def test_class_table_equals_a_dense_computation():
+    """ufm.class_table against loops over a dense distance matrix (shares no code with the package)."""
+    from ufm import class_table
+
+    h, y, w, W = samples(seed=6)
+    stats = _stats(h, y, w)
+    for options in (dict(), dict(cdnv_power=4.0, center="weighted", min_count=20, tile_size=7)):
+        table = class_table(stats, W, **options)
+        s = naive_stats(h, y, 40, w)
+        kept = np.flatnonzero(s["sample_counts"] >= options.get("min_count", 1))
+        mu, n, var = s["means"][kept], s["counts"][kept], s["var_traces"][kept]
+        g = mu.mean(0) if options.get("center", "uniform") == "uniform" else (n[:, None] * mu).sum(0) / n.sum()
+        m, wk = mu - g, W[kept]
+        p = options.get("cdnv_power", 2.0)
+        assert table.class_id.tolist() == kept.tolist()
+        np.testing.assert_allclose(table.count, n, rtol=1e-12)
+        np.testing.assert_allclose(table.norm, np.linalg.norm(m, axis=1), rtol=1e-10)
+        np.testing.assert_allclose(table.dot, (wk * m).sum(1), rtol=1e-10)
+        np.testing.assert_allclose(table.nc3_cos, [wk[c] @ m[c] / np.linalg.norm(wk[c]) / np.linalg.norm(m[c])
+                                                   for c in range(len(kept))], rtol=1e-10)
+        np.testing.assert_allclose(table.dual_distance, [np.linalg.norm(wk[c] / np.linalg.norm(wk[c]) - m[c] / np.linalg.norm(m[c]))
+                                                         for c in range(len(kept))], rtol=1e-10)
+        for c in range(len(kept)):
+            others = [j for j in range(len(kept)) if j != c]
+            d = np.array([np.linalg.norm(mu[c] - mu[j]) for j in others])
+            assert table.cdnv_row_mean[c] == pytest.approx(np.mean((var[c] + var[others]) / (2 * d ** p)), rel=1e-8)
+            assert table.nearest_class[c] == kept[others[int(np.argmin(d))]]
+            assert table.nearest_distance[c] == pytest.approx(d.min(), rel=1e-8)
+        assert sorted(table.frequency_rank.tolist()) == list(range(1, len(kept) + 1))
+        assert table.count[table.frequency_rank == 1][0] == n.max()
+    lines = table.to_csv().splitlines()
+    assert lines[0].startswith("class_id,count,frequency_rank,norm,nc3_cos,dot,dual_distance") and len(lines) == len(kept) + 1
