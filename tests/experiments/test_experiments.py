@@ -36,6 +36,13 @@ def test_quick_implicit_bias_shows_what_its_docstring_promises(tmp_path):
     assert late.max() < 2 * late.min()  # CE - H ~ c / t
     drift = np.array(r["balance_drift"]) / np.array(r["w_norm"]) ** 2
     assert drift[-1] < 1e-3  # W^T W - H H^T conserved up to the discretization
+    # What the slope does not show yet: the intercept ||L_t||_* - ||L_mm||_* ln t still grows; the
+    # direction of the whole logits converges (cos from the monitor's mm_dist, checked against numpy in test_fidelity).
+    intercepts = [d["intercept"] for d in r["decade_slopes"]]
+    assert all(b > a for a, b in zip(intercepts, intercepts[1:]))
+    whole = np.array(r["cos_logits"])
+    assert np.all(np.diff(whole[steps >= 100]) > 0) and 0.85 < whole[-1] < 1
+    assert [d["cos_logits"] for d in r["decade_slopes"]] == sorted(d["cos_logits"] for d in r["decade_slopes"])
 
 
 def test_quick_seli_reproduces_minority_collapse(tmp_path):
