@@ -118,7 +118,7 @@ def train_clm(spec: TrainSpec, tokenizer, train: Corpus, val: Corpus, out: str |
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))))
     results, first_epoch = _resume(out, spec, model, opt, schedule)
-    with threads_for():  # forward and backward passes: the idle cores
+    with threads_for(reproducible=True) as threads:  # one thread: a seeded run gives one model
         for epoch in range(first_epoch, spec.epochs + 1):
             order = torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(spec.seed * 1000 + epoch))
             losses = []
@@ -136,7 +136,7 @@ def train_clm(spec: TrainSpec, tokenizer, train: Corpus, val: Corpus, out: str |
             val_loss = evaluate(model, val_blocks, spec.batch_size, dev)
             path = out / f"epoch{epoch}"
             info = dict(spec=asdict(spec), epoch=epoch, val_loss=val_loss, train_loss=sum(losses) / len(losses),
-                        train_tokens=int(train_blocks.numel()), seconds=time.perf_counter() - start)
+                        train_tokens=int(train_blocks.numel()), seconds=time.perf_counter() - start, threads=threads)
             _save_epoch(model, tokenizer, path, info)
             results.append(EpochResult(epoch, val_loss, info["train_loss"], str(path)))
             state = dict(spec=asdict(spec), epoch=epoch, model=model.state_dict(), opt=opt.state_dict(),

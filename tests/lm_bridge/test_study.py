@@ -103,6 +103,24 @@ def test_training_is_seeded_and_saves_hf_checkpoints(tokenizer, tiny_corpus, tmp
     assert loaded.hidden_size == 16 and loaded.vocab_size == len(tokenizer)
 
 
+def test_a_seeded_run_does_not_depend_on_the_machines_load(tokenizer, tiny_corpus, tmp_path, monkeypatch):
+    """The thread count was taken from the cores idle when training started, and float32 reductions
+    round differently with another count: the same seed gave another model on a busier machine.
+    Seeded training now runs on one thread (two threads were not reproducible even at a fixed count)."""
+    import ufm.threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(ufm.threads, "_chosen", None)
+    train, val = Corpus.open(tiny_corpus).split(every=4)
+    runs = []
+    for idle in (1, 2):  # one core busy with other work, then none
+        monkeypatch.setattr(ufm.threads, "idle_cores", lambda interval=0.1, idle=idle: idle)
+        runs.append(train_clm(SPEC, tokenizer, train, val, tmp_path / f"idle{idle}", device="cpu", progress=False))
+    assert [r.val_loss for r in runs[0]] == [r.val_loss for r in runs[1]]
+    info = json.loads((tmp_path / "idle1" / "epoch2" / "training.json").read_text())
+    assert info["threads"] == 1
+
+
 def test_killed_training_resumes_at_the_next_epoch(tokenizer, tiny_corpus, tmp_path, monkeypatch):
     import lm_bridge.train as train_mod
 
