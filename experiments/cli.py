@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -348,8 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="collapse",
         description="Collapse Lab: neural-collapse geometry of next-token prediction, simulated and measured.",
         epilog="Start with `collapse demo` (the main job, ~2 min on a 2-core CPU) or `collapse COMMAND --help`.\n"
-               "Threads: --threads N (or OMP_NUM_THREADS) fixes the count; otherwise small UFM problems run\n"
-               "on one thread (faster on a small, shared CPU) and forward passes and big GEMMs on all cores.",
+               "Threads: --threads N (or OMP_NUM_THREADS) fixes the count; otherwise small UFM problems and\n"
+               "seeded training run on one thread, forward passes and big GEMMs on the idle cores.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--threads", type=int, default=None,
@@ -508,8 +507,7 @@ OS_HINTS = {errno.ENOSPC: "the disk is full: free space or choose another --out"
 def describe_os_error(err: OSError) -> str:
     """The file and the reason in words, with what to do for the usual causes (full, read-only)."""
     where = f"{err.filename}: " if err.filename else ""
-    cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
-    hint = OS_HINTS.get(cause.errno) or next((h for code, h in OS_HINTS.items() if os.strerror(code) in str(err)), None)
+    hint = OS_HINTS.get(err.errno)
     return f"{where}{err.strerror or err}" + (f" ({hint}); nothing already written was changed" if hint else "")
 
 

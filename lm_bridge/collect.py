@@ -11,7 +11,6 @@ the ranks' accumulators are merged in rank order (the same Chan merge as batches
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace

@@ -95,17 +95,16 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
     if _rank_world()[0] != 0:
         return None
     classifier = loaded.classifier()
-    metrics = ufm.collapse_metrics(result.stats, classifier, **options.metrics)
+    metrics, table = ufm.metrics_and_classes(result.stats, classifier, **options.metrics)
     result.stats.save(out / "stats.safetensors")
-    table_options = {k: options.metrics[k] for k in ("cdnv_power", "center", "min_count") if k in options.metrics}
-    write_class_table(out / "classes.csv", ufm.class_table(result.stats, classifier, **table_options))
+    write_class_table(out / "classes.csv", table)
     layers = {}
     for i, stats in result.layers.items():
         stats.save(out / "layers" / f"{layer_name(i)}.safetensors")
-        write_class_table(out / "layers" / f"{layer_name(i)}_classes.csv", ufm.class_table(stats, **table_options))
         # The classifier meets the last hidden state only: NC3 is not defined for inner layers.
-        layers[str(i)] = dict(metrics=ufm.collapse_metrics(stats, **options.metrics).to_dict(),
-                              nc4_agreement=None if nc4 is None else nc4.layers.get(i))
+        layer_metrics, layer_table = ufm.metrics_and_classes(stats, **options.metrics)
+        write_class_table(out / "layers" / f"{layer_name(i)}_classes.csv", layer_table)
+        layers[str(i)] = dict(metrics=layer_metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.layers.get(i))
     figures = measure_figures(result.stats, classifier, out, cdnv_power=metrics.options["cdnv_power"],
                               center=metrics.options["center"], min_count=metrics.options["min_count"],
                               title=model_label(loaded.path))

@@ -38,17 +38,11 @@ def heatmap(ax, matrix: np.ndarray, title: str, items: str = "item") -> None:
 def class_geometry(stats: ClassStats, classifier: torch.Tensor | None, *, center: str = "uniform",
                    min_count: int = 1) -> dict[str, np.ndarray]:
     """Per kept class: id, count, ||m_c|| and cos(w_c, m_c) (NaN without a classifier), as arrays."""
-    kept = torch.nonzero(stats.sample_counts >= min_count).flatten()
-    means, counts = stats.means[kept], stats.counts[kept]
-    mu = means.mean(0) if center == "uniform" else (counts[:, None] * means).sum(0) / counts.sum()
-    m = means - mu
-    norms = m.norm(dim=1)
-    if classifier is not None:
-        w = classifier.to(m)[kept]
-        dual = (w * m).sum(1) / (w.norm(dim=1) * norms)
-    else:
-        dual = torch.full_like(norms, float("nan"))
-    return dict(ids=kept.cpu().numpy(), counts=counts.cpu().numpy(), norms=norms.cpu().numpy(),
+    from ufm.metrics import MetricOptions, kept_classes
+
+    c = kept_classes(stats, classifier, MetricOptions(center=center, min_count=min_count))
+    dual = c.dual_vectors()[1] if c.classifier is not None else torch.full_like(c.norms, float("nan"))
+    return dict(ids=c.ids.cpu().numpy(), counts=c.counts.cpu().numpy(), norms=c.norms.cpu().numpy(),
                 dual_cos=dual.cpu().numpy())
 
 

@@ -13,6 +13,7 @@ _NAMES = {
     "PRESETS": "presets",
     "ClassTable": "classes",
     "class_table": "classes",
+    "metrics_and_classes": "classes",
     "CollapseMetrics": "metrics",
     "MetricOptions": "metrics",
     "collapse_metrics": "metrics",

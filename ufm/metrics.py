@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from ._validate import as_tensor, check_finite, check_positive_int, check_shape
-from .pairwise import pairwise_sweep
+from .pairwise import PairwiseResult, pairwise_sweep
 from .presets import PRESETS
 from .stats import ClassStats
 
@@ -148,9 +148,34 @@ def collapse_metrics(
     Two kept classes with identical means make the CDNV infinite; a kept class whose mean equals
     the global mean has no direction, and the cosine metrics become NaN.
     """
+    return collapse_sweep(stats, classifier, MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s, spread_ddof))[0]
+
+
+@dataclass(frozen=True)
+class KeptClasses:
+    """The kept classes of a set of statistics, centered, with the classifier's rows for them."""
+
+    ids: torch.Tensor  # (K',) int64 class ids with at least min_count samples
+    means: torch.Tensor  # (K', D) mu_c
+    counts: torch.Tensor  # (K',) n_c
+    var_traces: torch.Tensor  # (K',) sigma2_c
+    centered: torch.Tensor  # (K', D) m_c = mu_c - mu_G
+    norms: torch.Tensor  # (K',) ||m_c||
+    classifier: torch.Tensor | None  # (K', D) w_c, float64
+
+    def dual_vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per class: w_c . m_c, cos(w_c, m_c) and ||w_c/|w_c| - m_c/|m_c|||, each (K',)."""
+        w, m = self.classifier, self.centered
+        dots = (w * m).sum(1)
+        w_norms = w.norm(dim=1)
+        return dots, dots / (w_norms * self.norms), (w / w_norms[:, None] - m / self.norms[:, None]).norm(dim=1)
+
+
+def kept_classes(stats: ClassStats, classifier, opts: MetricOptions) -> KeptClasses:
+    """The classes the metrics use (``min_count``), centered as ``opts.center`` says; refuses fewer
+    than two, and a classifier of the wrong shape or with NaN/Inf."""
     if not isinstance(stats, ClassStats):
         raise TypeError(f"stats must be ClassStats, got {type(stats).__name__}")
-    opts = MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s, spread_ddof)
     dev = stats.device
     kept = torch.nonzero(stats.sample_counts >= opts.min_count).flatten()  # (K',)
     k = int(kept.numel())
@@ -165,7 +190,6 @@ def collapse_metrics(
         check_shape(w, "classifier", (stats.num_classes, stats.dim))
         check_finite(w, "classifier")
         w = w[kept]  # (K', D)
-
     means = stats.means[kept]  # (K', D)
     counts = stats.counts[kept]
     if opts.center == "uniform":
@@ -173,35 +197,40 @@ def collapse_metrics(
     else:
         global_mean = (counts[:, None] * means).sum(0) / counts.sum()
     centered = means - global_mean  # (K', D)
+    return KeptClasses(kept, means, counts, stats.var_traces[kept], centered, centered.norm(dim=1), w)
 
+
+def collapse_sweep(stats: ClassStats, classifier, opts: MetricOptions, per_class: bool = False
+              ) -> tuple[CollapseMetrics, KeptClasses, PairwiseResult]:
+    """The metrics, the kept classes and the pairwise sweep they came from (with its per-class rows
+    when ``per_class``): ufm.class_table reads the same sweep instead of running a second one."""
+    c = kept_classes(stats, classifier, opts)
+    k, dev = int(c.ids.numel()), stats.device
     _warn_if_long(k, stats.dim, dev)
-    norms = centered.norm(dim=1)  # (K',)
-    log_norms = norms.log()
+    log_norms = c.norms.log()
     tile = opts.tile_size or (8192 if dev.type == "cuda" else 1024)
     pairs = pairwise_sweep(
-        centered, stats.var_traces[kept], cdnv_power=float(opts.cdnv_power), tile_size=tile,
-        riesz_s=opts.riesz_s, classifier=w,
+        c.centered, c.var_traces, cdnv_power=float(opts.cdnv_power), tile_size=tile,
+        riesz_s=opts.riesz_s, classifier=c.classifier, per_class=per_class,
     )
     dual = {}
-    if w is not None:  # NC3 and its variants: cosines, dot products, distances of the normalized vectors
-        dual_cos = (w * centered).sum(1) / (w.norm(dim=1) * norms)  # (K',)
+    if c.classifier is not None:  # NC3 and its variants: cosines, dot products, distances of the normalized vectors
+        dots, dual_cos, dists = c.dual_vectors()
         mean, std = _mean_std(dual_cos, opts.spread_ddof)
-        dots = (w * centered).sum(1)  # (K',) w_c . m_c
         dot_mean, dot_std = _mean_std(dots, opts.spread_ddof)
-        dist_mean, dist_std = _mean_std((w / w.norm(dim=1, keepdim=True) - centered / norms[:, None]).norm(dim=1),
-                                        opts.spread_ddof)
+        dist_mean, dist_std = _mean_std(dists, opts.spread_ddof)
         dual = dict(dual_cos_mean=mean, dual_cos_std=std, unc_cov=_ratio(std, abs(mean)),
                     dual_error=pairs.dual_error, dot_mean=dot_mean, dot_std=dot_std,
                     unc_dot_cov=_ratio(dot_std, abs(dot_mean)), dual_dist_mean=dist_mean, dual_dist_std=dist_std)
     riesz = dict(riesz_mean=pairs.riesz[0], riesz_std=pairs.riesz[1]) if pairs.riesz else {}
-    norm_mean, norm_std = _mean_std(norms, opts.spread_ddof)
+    norm_mean, norm_std = _mean_std(c.norms, opts.spread_ddof)
     log_mean, log_std = _mean_std(log_norms, opts.spread_ddof)
-    sq_mean, sq_std = _mean_std(norms.square(), opts.spread_ddof)
-    return CollapseMetrics(
+    sq_mean, sq_std = _mean_std(c.norms.square(), opts.spread_ddof)
+    metrics = CollapseMetrics(
         num_classes_kept=k,
         num_pairs=pairs.num_pairs,
-        nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, centered),
-        nc1_quotient=_ratio(float(torch.trace(stats.within_scatter)), float(centered.square().sum()) / k),
+        nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, c.centered),
+        nc1_quotient=_ratio(float(torch.trace(stats.within_scatter)), float(c.centered.square().sum()) / k),
         cdnv_mean=pairs.cdnv[0],
         cdnv_std=pairs.cdnv[1],
         norm_mean=norm_mean,
@@ -217,6 +246,7 @@ def collapse_metrics(
         **riesz,
         **dual,
     )
+    return metrics, c, pairs
 
 
 # Seconds per (pair x dimension) of the full sweep on a 2-core CPU, from benchmarks/metrics.py

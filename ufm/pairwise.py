@@ -72,6 +72,16 @@ class PairwiseResult:
     riesz: tuple[float, float] | None  # (mean, std) of ||m^_a - m^_b||^-s, when asked
     etf_error: float  # || M M^T / ||M M^T||_F - E ||_F
     dual_error: float | None  # || W M^T / ||W M^T||_F - E ||_F, with a classifier
+    per_class: PerClassPairs | None = None  # with per_class=True
+
+
+@dataclass(frozen=True)
+class PerClassPairs:
+    """Each class against every other, reduced per row in the same sweep."""
+
+    cdnv_sum: torch.Tensor  # (K,) sum over c' != c of (s_c + s_c') / ||mu_c - mu_c'||^p (twice the CDNV)
+    nearest: torch.Tensor  # (K,) int64: row index of the nearest other class mean
+    nearest_d2: torch.Tensor  # (K,) its squared distance ||mu_c - mu_nearest||^2
 
 
 def pairwise_sweep(
@@ -82,12 +92,15 @@ def pairwise_sweep(
     tile_size: int,
     riesz_s: float | None = None,
     classifier: torch.Tensor | None = None,  # (K, D) rows w_c matching ``centered``
+    per_class: bool = False,
 ) -> PairwiseResult:
     """All-pairs statistics of class means in one tiled sweep (see SCIENCE.md section 2).
 
     E = (I - 11^T/K) / sqrt(K-1) is the normalized simplex-ETF Gram. The Frobenius norms that
     normalize M M^T and W M^T come from D x D Grams (||M M^T||_F^2 = ||M^T M||_F^2), so the
     residuals are summed directly, tile by tile, without the cancellation of 2 - 2 <G, E> / ||G||.
+    ``per_class`` also reduces each tile per row and per column (PerClassPairs): what ufm.class_table
+    reports, at no second pass over the pairs.
     """
     k, _ = centered.shape
     dev = centered.device
@@ -107,6 +120,10 @@ def pairwise_sweep(
     m_riesz = Moments(dev) if riesz_s is not None else None
     etf_sq = torch.zeros((), dtype=torch.float64, device=dev)
     dual_sq = torch.zeros((), dtype=torch.float64, device=dev)
+    if per_class:
+        cdnv_sum = torch.zeros(k, dtype=torch.float64, device=dev)
+        nearest = torch.zeros(k, dtype=torch.long, device=dev)
+        nearest_d2 = torch.full((k,), math.inf, dtype=torch.float64, device=dev)
 
     def residual_sq(a: torch.Tensor, scale: float, diagonal: bool, out: torch.Tensor) -> torch.Tensor:
         """sum over the tile of (scale * a - E)^2; E's diagonal sits on the tile's diagonal."""
@@ -152,10 +169,18 @@ def pairwise_sweep(
 
             # CDNV: (sigma2_a + sigma2_b) / (2 ||mu_a - mu_b||^p), with squared distances from G.
             d2 = g.mul_(-2.0).add_(sq[a, None]).add_(sq[None, b]).clamp_min_(0.0)
+            if per_class:  # nearest other class, before d2 becomes a power of the distance
+                _nearest_in_tile(y.copy_(d2), a, b, diagonal, nearest, nearest_d2)
             if cdnv_power != 2.0:
                 d2.pow_(cdnv_power / 2.0)
             cdnv = torch.add(var_traces[a, None], var_traces[None, b], out=x).div_(d2)
             fold(m_cdnv, cdnv)
+            if per_class:
+                if diagonal:
+                    cdnv.diagonal().zero_()  # a class with itself is no pair
+                cdnv_sum[a] += cdnv.sum(1)
+                if not diagonal:
+                    cdnv_sum[b] += cdnv.sum(0)
 
     return PairwiseResult(
         num_pairs=m_cos.n,
@@ -165,4 +190,18 @@ def pairwise_sweep(
         riesz=m_riesz.result() if m_riesz is not None else None,
         etf_error=math.sqrt(float(etf_sq)),
         dual_error=math.sqrt(float(dual_sq)) if classifier is not None else None,
+        per_class=PerClassPairs(cdnv_sum, nearest, nearest_d2) if per_class else None,
     )
+
+
+def _nearest_in_tile(d2: torch.Tensor, a: slice, b: slice, diagonal: bool, nearest: torch.Tensor,
+                     nearest_d2: torch.Tensor) -> None:
+    """Fold one tile of squared distances (rows a, columns b; overwritten) into the running nearest
+    other class of every row and, off the diagonal, of every column."""
+    if diagonal:
+        d2.diagonal().fill_(math.inf)
+    for rows, axis, offset in ((a, 1, b.start), (b, 0, a.start)) if not diagonal else ((a, 1, b.start),):
+        best = d2.min(axis)
+        closer = best.values < nearest_d2[rows]
+        nearest_d2[rows] = torch.where(closer, best.values, nearest_d2[rows])
+        nearest[rows] = torch.where(closer, best.indices + offset, nearest[rows])

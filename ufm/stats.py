@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,8 +145,9 @@ def _save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], fmt: str, 
     def write(tmp: Path) -> None:
         try:
             save_file(tensors, str(tmp), metadata=header)
-        except SafetensorError as err:  # a full disk reaches us as safetensors' own error
-            raise OSError(f"cannot write {path}: {err}") from err
+        except SafetensorError as err:  # a full disk reaches us as safetensors' own error, errno in its text
+            code = re.search(r"os error (\d+)", str(err))
+            raise OSError(int(code.group(1)) if code else None, f"cannot write {path}: {err}") from err
 
     return atomic_write(path, write)
 

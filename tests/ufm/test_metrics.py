@@ -320,3 +320,22 @@ def test_class_table_equals_a_dense_computation():
         assert table.count[table.frequency_rank == 1][0] == n.max()
     lines = table.to_csv().splitlines()
     assert lines[0].startswith("class_id,count,frequency_rank,norm,nc3_cos,dot,dual_distance") and len(lines) == len(kept) + 1
+
+
+def test_metrics_and_classes_share_one_sweep_and_equal_the_two_calls():
+    """The per-class rows ride along the metrics' own sweep: the metrics are the same numbers as
+    collapse_metrics', the table the same as class_table's."""
+    from ufm import class_table, metrics_and_classes
+
+    h, y, w, W = samples(seed=7)
+    stats = _stats(h, y, w)
+    options = dict(cdnv_power=4.0, center="weighted", min_count=20, tile_size=9)
+    metrics, table = metrics_and_classes(stats, W, **options)
+    assert metrics.to_dict() == collapse_metrics(stats, W, **options).to_dict()
+    alone = class_table(stats, W, **{k: v for k, v in options.items()})
+    for name in ("cdnv_row_mean", "nearest_class", "nearest_distance", "nc3_cos", "frequency_rank"):
+        np.testing.assert_array_equal(getattr(table, name), getattr(alone, name))
+    # Tiles of 9 and of 1024 give the same per-class rows (each pair visited once, from either side).
+    wide = class_table(stats, W, cdnv_power=4.0, center="weighted", min_count=20)
+    np.testing.assert_allclose(wide.cdnv_row_mean, table.cdnv_row_mean, rtol=1e-12)
+    np.testing.assert_array_equal(wide.nearest_class, table.nearest_class)
