@@ -331,7 +331,7 @@ def integer_ids(values, name: str) -> np.ndarray:
     """``values`` as int64, refusing what is not a whole number (0.3 and 0.6 would both become 0)."""
     arr = np.asarray(values)
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and arr.dtype != np.bool_):
+        if not np.issubdtype(arr.dtype, np.floating):  # booleans, strings, objects
             raise ValueError(f"{name} must be integers, got dtype {arr.dtype}")
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
