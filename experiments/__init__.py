@@ -16,6 +16,8 @@ REGISTRY = {
     "linear-model": "experiments.linear_model",
     "semantic-geometry": "experiments.semantic_geometry",
     "convergence-regime": "experiments.convergence_regime",
+    "label-smoothing": "experiments.label_smoothing",
+    "depth-low-rank": "experiments.depth_low_rank",
 }
 
 # name -> what it reproduces, for `collapse experiment --help` (kept here, so that listing them
@@ -35,4 +37,6 @@ SUMMARIES = {
     "linear-model": "fixed H, GD: cos(W_t, W^mm) rising toward 1",
     "semantic-geometry": "S~'s spectrum, learning order, orthant concepts; Brown words against POS",
     "convergence-regime": "a transformer trained to the entropy bound on Brown's finite contexts, next to the UFM",
+    "label-smoothing": "Guo et al.: the smoothed CE's closed-form optimum; faster, stronger NC1 and its curvature",
+    "depth-low-rank": "deep linear CE UFM: collapse against lower-rank codes by depth and K (Schatten-2/F ridge)",
 }
