@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from experiments._common import Run, parse_args
-from ufm.losses import data_loss
+from ufm.losses import Batch, CrossEntropy
 from ufm.model import TargetTensors
 from ufm.smoothing import nc1_rate, smoothed_etf, smoothed_etf_factors, within_class_curvature
 from ufm.targets import one_hot
@@ -55,11 +55,11 @@ def full_hessian_condition(opt, targets, dim: int) -> float:
     K, N = opt.num_classes, targets.num_contexts
     W, H = smoothed_etf_factors(opt, dim)
     data = TargetTensors(targets, torch.device("cpu"), torch.float64)
-    pi, tok, col, prob = data.select(None)
+    batch = Batch(*data.select(None))
 
     def objective(x: torch.Tensor) -> torch.Tensor:
         Wt, Ht = x[: K * dim].reshape(K, dim), x[K * dim:].reshape(dim, N)
-        return (data_loss("ce", Wt, Ht, None, pi, tok, col, prob, label_smoothing=opt.eps, chunk_entries=None)
+        return (CrossEntropy(opt.eps)(Wt, Ht, None, batch, chunk_entries=None)
                 + opt.weight_decay / 2 * Wt.square().sum() + opt.feature_decay / 2 * Ht.square().sum())
 
     x = torch.as_tensor(np.concatenate([W.ravel(), H.ravel()]))

@@ -6,7 +6,7 @@ is one sequence, the loss is the pi-weighted soft-label CE of its last position,
 that model: token embeddings, optional learned positions, Llama-style blocks (RMSNorm, causal
 multi-head attention, SwiGLU), a final RMSNorm and an untied unembedding W (V, d). Its last-position
 hidden states after the final norm are the context features H (d, m) that meet W, so the UFM's
-monitor (ufm.train.GeometryMonitor) measures it with the same code as the simulator.
+monitor (ufm.fit.GeometryMonitor) measures it with the same code as the simulator.
 
 Training is seeded and resumable: ``checkpoint`` is rewritten atomically every ``checkpoint_every``
 steps with the model, the optimizer, the step and the history, and a run with the same configuration
@@ -30,7 +30,7 @@ from ufm._validate import resolve_device
 from ufm.io import atomic_write
 from ufm.model import TargetTensors, soft_label_ce
 from ufm.threads import threads_for
-from ufm.train import GeometryMonitor, snapshot_steps
+from ufm.fit import GeometryMonitor, snapshot_steps
 
 from .train import load_state
 from .words import WordContexts

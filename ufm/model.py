@@ -116,105 +116,48 @@ def soft_label_ce(W, H, bias, pi, tokens, cols, probs, *, chunk_entries: int | N
     return _WeightedLogSumExp.apply(W, H, bias, pi, rows) - target
 
 
-def layer_norm_columns(H: torch.Tensor) -> torch.Tensor:
-    """LayerNorm without affine parameters on each column h_j (norm ~ sqrt(d))."""
-    return torch.nn.functional.layer_norm(H.T, (H.shape[0],)).T
-
-
-def sphere_columns(H: torch.Tensor, radius: float) -> torch.Tensor:
-    """Each column h_j scaled to norm ``radius`` (a zero column stays 0)."""
-    return radius * H / H.norm(dim=0, keepdim=True).clamp_min(1e-300)
-
-
-# The feature models (train_ufm's ``features``): how the context features meet the word embeddings.
-FEATURE_MODELS = ("free", "deep_linear", "perturbed", "normalized", "fixed_h")
-
-
 class UFMModel(torch.nn.Module):
-    """Word embeddings W (V, d) and context features, one module for the whole UFM family:
+    """A classifier (ufm.classifiers.Words: W (V, d), bias) and a feature model (ufm.features.Features:
+    H (d, m), layers, anchor) built for one problem: the logits are words() @ features(batch) + bias."""
 
-    - free: H (d, m) a parameter (today's UFM);
-    - deep linear (``depth`` = L >= 1): features W_L ... W_1 H, every factor trained (Dang et al. 2023);
-    - perturbed (``beta`` > 0): H kept near the anchor ``h0`` by (beta/2)||H - H0||^2 (Tirer et al. 2023);
-    - normalized: features and/or words on a sphere of radius ``radius`` (Jiang et al. 2024);
-    - fixed H (``fix_h``): H = ``h0`` frozen, only W trained (Thrampoulidis 2024), or, with ``depth``,
-      W and the layers on top of the fixed inputs H (a deep linear network on given inputs);
-    - ``words`` given: W frozen at it (a fixed classifier, e.g. a simplex ETF).
-    ``feature_norm`` / ``word_norm``: None, "layernorm" (Laurent et al. 2024) or "sphere".
-    """
-
-    def __init__(self, vocab_size: int, num_contexts: int, dim: int, *, bias: bool = False,
-                 feature_norm: str | None = None, word_norm: str | None = None, radius: float = 1.0,
-                 depth: int = 0, layer_init: str = "identity", beta: float = 0.0, h0: torch.Tensor | None = None, fix_h: bool = False,
-                 words: torch.Tensor | None = None, init_scale: float = 0.1,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float64):
+    def __init__(self, words, features):
         super().__init__()
-        # Drawn on the CPU from the generator, so a seed gives the same start on any device.
-        W = init_scale * torch.randn(vocab_size, dim, generator=generator, dtype=dtype)
-        H = init_scale * torch.randn(dim, num_contexts, generator=generator, dtype=dtype) if h0 is None \
-            else h0.to(dtype).clone()
-        # Frozen factors are buffers: they move with .to() and get no gradient.
-        if words is None:
-            self.W = torch.nn.Parameter(W)
-        else:
-            self.register_buffer("W", words.to(dtype).clone())
-        if fix_h:
-            self.register_buffer("H", H)
-        else:
-            self.H = torch.nn.Parameter(H)
-        # Deep linear factors start near the identity (a product of L small random matrices vanishes),
-        # or, "random", small as a network on fixed inputs does (the sequential learning of Saxe et al.).
-        eye = torch.eye(dim, dtype=dtype) if layer_init == "identity" else torch.zeros(dim, dim, dtype=dtype)
-        self.layers = torch.nn.ParameterList(
-            eye + init_scale * torch.randn(dim, dim, generator=generator, dtype=dtype) / dim ** 0.5 for _ in range(depth))
-        self.beta = beta
-        if beta > 0:
-            self.register_buffer("anchor", H.clone())  # H0
-        self.bias = torch.nn.Parameter(torch.zeros(vocab_size, dtype=dtype)) if bias else None
-        self.feature_norm, self.word_norm, self.radius, self.depth = feature_norm, word_norm, radius, depth
-        self._decay_w = words is None and word_norm is None  # W trained and not normalized: ridge on it
-        self._decay_h = not fix_h and feature_norm is None
+        self.word_module, self.feature_module = words, features
 
-    def _norm(self, X: torch.Tensor, how: str | None) -> torch.Tensor:
-        if how == "layernorm":
-            return layer_norm_columns(X)
-        return sphere_columns(X, self.radius) if how == "sphere" else X
+    @property
+    def W(self) -> torch.Tensor:
+        return self.word_module.W
+
+    @property
+    def H(self) -> torch.Tensor:
+        return self.feature_module.H
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.word_module.bias
 
     def words(self) -> torch.Tensor:
         """The word embeddings that meet the features, (V, d)."""
-        return self.W if self.word_norm is None else self._norm(self.W.T, self.word_norm).T
-
-    def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """The features after each layer of the deep linear model: [H, W_1 H, ..., W_L ... W_1 H] (d, B)."""
-        out = [self.H if batch is None else self.H[:, batch]]
-        for layer in self.layers:
-            out.append(layer @ out[-1])
-        return out
+        return self.word_module.words()
 
     def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
         """The context features that meet W, (d, B)."""
-        H = self.H if batch is None else self.H[:, batch]
-        if self.depth:
-            for layer in self.layers:
-                H = layer @ H
-        return H if self.feature_norm is None else self._norm(H, self.feature_norm)
+        return self.feature_module.features(batch)
+
+    def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
+        return self.feature_module.layer_features(batch)
+
+    def trained(self) -> list[torch.Tensor]:
+        """The trained tensors in a fixed order: W, H, the layers, the bias (those that train)."""
+        candidates = [self.W, self.H, *self.feature_module.layers, self.bias]
+        return [p for p in candidates if isinstance(p, torch.nn.Parameter)]
 
     def penalty(self, weight_decay: float, feature_decay: float, batch: torch.Tensor | None = None,
                 scale: float = 1.0) -> torch.Tensor | float:
-        """(lambda_W/2)(||W||^2 + sum_l ||W_l||^2) + (lambda_H/2)||H||^2 + (beta/2)||H - H0||^2, leaving
-        out frozen and normalized factors; the per-context terms of a minibatch are scaled by ``scale``.
-        (The step's hot path: flags are read from plain attributes set once.)"""
+        """The classifier's ridge, then the feature model's terms (per-context ones scaled by ``scale``
+        for a minibatch), added in that order."""
         total = 0.0
-        if self._decay_w:
-            total = total + (0.5 * weight_decay) * self.W.square().sum()
-        if self.depth:
-            for layer in self.layers:
-                total = total + (0.5 * weight_decay) * layer.square().sum()
-        if self._decay_h or self.beta > 0:
-            H = self.H if batch is None else self.H[:, batch]
-            if self._decay_h:
-                total = total + (0.5 * scale * feature_decay) * H.square().sum()
-            if self.beta > 0:
-                anchor = self.anchor if batch is None else self.anchor[:, batch]
-                total = total + (0.5 * scale * self.beta) * (H - anchor).square().sum()
+        for term in self.word_module.penalty_terms(weight_decay) + \
+                self.feature_module.penalty_terms(weight_decay, feature_decay, batch, scale):
+            total = total + term
         return total

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .losses import data_loss
+from .losses import MSE, Batch
 from .targets import one_hot
 
 
@@ -76,12 +76,12 @@ def anchor_response(num_classes: int, per_class: int, dim: int, *, beta: float, 
     units = toolkit_units(K, n, lam_w=lam_w, lam_h=lam_h, beta=beta)
     W0, H0 = collapsed_minimizer(K, n, dim, lam_w=lam_w, lam_h=lam_h)
     targets = one_hot([n] * K)
-    data = [torch.as_tensor(a) for a in (targets.pi, targets.tokens, targets.contexts, targets.probs)]
+    data = Batch(*(torch.as_tensor(a) for a in (targets.pi, targets.tokens, targets.contexts, targets.probs)))
     anchor = torch.as_tensor(H0)
 
     def objective(z: torch.Tensor) -> torch.Tensor:
         W, H = z[:K * dim].reshape(K, dim), z[K * dim:].reshape(N, dim).T  # (K, d), (d, N)
-        return (data_loss("mse", W, H, None, *data, chunk_entries=None)
+        return (MSE()(W, H, None, data, chunk_entries=None)
                 + 0.5 * units["weight_decay"] * W.square().sum() + 0.5 * units["feature_decay"] * H.square().sum()
                 + 0.5 * units["beta"] * (H - anchor).square().sum())
 

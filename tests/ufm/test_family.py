@@ -12,7 +12,7 @@ import torch
 
 from ufm import theory
 from ufm.convex import hull_distances, linear_finite_component, linear_ntp_svm
-from ufm.losses import data_loss, mixup
+from ufm.losses import MSE, Batch, CrossEntropy, mixup
 from ufm.targets import mixup_pairs, one_hot, random_supports
 from ufm.train import train_ufm
 
@@ -60,7 +60,7 @@ def test_mse_equals_the_dense_squared_error(bias):
     t, W, H, b, P, args = _random_problem(bias=bias)
     L = _dense_logits(W, H, b)
     want = 0.5 * (t.pi * ((L - P) ** 2).sum(0)).sum()
-    assert float(data_loss("mse", W, H, b, *args, chunk_entries=None)) == pytest.approx(want, rel=1e-12)
+    assert float(MSE()(W, H, b, Batch(*args), chunk_entries=None)) == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("eps", [0.1, 0.5])
@@ -70,14 +70,14 @@ def test_label_smoothing_equals_the_ce_to_the_smoothed_target(eps):
     logq = L - np.log(np.exp(L).sum(0))
     target = (1 - eps) * P + eps / P.shape[0]
     want = -(t.pi * (target * logq).sum(0)).sum()
-    got = float(data_loss("ce", W, H, b, *args, label_smoothing=eps, chunk_entries=None))
+    got = float(CrossEntropy(eps)(W, H, b, Batch(*args), chunk_entries=None))
     assert got == pytest.approx(want, rel=1e-12)
 
 
 def test_mixup_mixes_features_and_targets_of_the_same_pairs():
     t, W, H, b, P, args = _random_problem(bias=False)
     rng = np.random.default_rng(5)
-    mixed, pi, tok, col, prob = mixup(H, *args, alpha=0.4, rng=rng)
+    mixed, (pi, tok, col, prob) = mixup(H, Batch(*args), alpha=0.4, rng=rng)
     again = np.random.default_rng(5)  # the same draws, redone by hand
     perm, lam = again.permutation(7), again.beta(0.4, 0.4, size=7)
     np.testing.assert_allclose(mixed.numpy(), H.numpy() * lam + H.numpy()[:, perm] * (1 - lam), rtol=1e-13)
@@ -86,7 +86,7 @@ def test_mixup_mixes_features_and_targets_of_the_same_pairs():
     np.testing.assert_allclose(target, P * lam + P[:, perm] * (1 - lam), atol=1e-14)
     L = W.numpy() @ mixed.numpy()
     want = -(t.pi * (target * (L - np.log(np.exp(L).sum(0)))).sum(0)).sum()
-    got = float(data_loss("ce", W, mixed, None, pi, tok, col, prob, chunk_entries=None))
+    got = float(CrossEntropy()(W, mixed, None, Batch(pi, tok, col, prob), chunk_entries=None))
     assert got == pytest.approx(want, rel=1e-12)
 
 
@@ -310,13 +310,13 @@ T = one_hot([2, 2])
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(loss="hinge"), "loss must be one of ce, mse, got 'hinge'"),
-    (dict(features="resnet"), "features must be one of free, deep_linear, perturbed, normalized, fixed_h"),
+    (dict(loss="hinge"), "loss must be one of ce, mse(, [a-z_]+)*, got 'hinge'"),
+    (dict(features="resnet"), "features must be one of free, deep_linear, perturbed, normalized, fixed_h(, [a-z_]+)*, got 'resnet'"),
     (dict(loss="mse", label_smoothing=0.1), "undefined combination: label smoothing"),
     (dict(loss="mse", mixup_alpha=1.0), "undefined combination: mixup"),
     (dict(features="normalized", layernorm=True), "undefined combination: layernorm is an option of features 'free'"),
     (dict(features="deep_linear"), "deep_linear' needs depth >= 1"),
-    (dict(depth=2), "depth is the deep_linear and fixed_h models', not 'free'"),
+    (dict(depth=2), "depth is the deep_linear, fixed_h(, [a-z_]+)* models', not 'free'"),
     (dict(features="deep_linear", depth=1, layer_init="zeros"), "layer_init must be 'identity' or 'random'"),
     (dict(features="perturbed", beta=-1.0, h0=np.zeros((2, 4))), "beta must be >= 0, got -1.0"),
     (dict(features="normalized", radius=0.0), "radius must be positive, got 0.0"),
@@ -354,11 +354,14 @@ def test_result_dict_records_the_family_and_round_trips_json():
 
 def test_penalty_of_a_minibatch_scales_the_per_context_terms():
     """(lambda_W/2)||W||^2 + (m/B)[(lambda_H/2)||H_b||^2 + (beta/2)||H_b - H0_b||^2], written out."""
+    from ufm.classifiers import LearnedClassifier, Words
+    from ufm.features import Features, Perturbed
     from ufm.model import UFMModel
 
     g = torch.Generator().manual_seed(0)
     h0 = torch.randn(3, 6, generator=g, dtype=torch.float64)
-    model = UFMModel(4, 6, 3, beta=0.7, h0=h0, generator=g)
+    W0 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    model = UFMModel(Words(LearnedClassifier(), W0), Features(Perturbed(0.7, h0), h0.clone(), []))
     with torch.no_grad():
         model.H.add_(torch.randn(3, 6, generator=g, dtype=torch.float64))  # move H off its anchor
     batch = torch.tensor([1, 4])

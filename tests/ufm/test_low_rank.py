@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 
 from ufm.low_rank import (CODES, balanced_factors, code_objective, cross_polytope_code, effective_rank,
                           numerical_rank, polygon_code, schatten_cost)
-from ufm.losses import data_loss
+from ufm.losses import Batch, CrossEntropy
 from ufm.model import TargetTensors
 from ufm.targets import one_hot
 from ufm.train import train_ufm
@@ -24,7 +24,7 @@ def toolkit_objective(W, layers, H, lam):
     F = torch.as_tensor(H)
     for layer in layers:
         F = torch.as_tensor(layer) @ F
-    fit = float(data_loss("ce", torch.as_tensor(W), F, None, *data.select(None), chunk_entries=None))
+    fit = float(CrossEntropy()(torch.as_tensor(W), F, None, Batch(*data.select(None)), chunk_entries=None))
     return fit + lam / 2 * sum(float(np.sum(np.square(x))) for x in [W, H, *layers])
 
 

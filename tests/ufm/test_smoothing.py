@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ufm.losses import data_loss
+from ufm.losses import Batch, CrossEntropy
 from ufm.model import TargetTensors
 from ufm.smoothing import nc1_rate, smoothed_etf, smoothed_etf_factors, within_class_curvature
 from ufm.targets import one_hot
@@ -60,7 +60,7 @@ def test_the_within_class_block_equals_the_autograd_hessian_there(eps):
 
     def objective(h):  # H alone, W at the minimizer
         Ht = h.reshape(d, N)
-        return data_loss("ce", torch.as_tensor(W), Ht, None, *sel, label_smoothing=eps, chunk_entries=None) \
+        return CrossEntropy(eps)(torch.as_tensor(W), Ht, None, Batch(*sel), chunk_entries=None) \
             + lam / 2 * Ht.square().sum()
 
     hess = torch.autograd.functional.hessian(objective, torch.as_tensor(H.ravel())).numpy()  # (d N, d N)

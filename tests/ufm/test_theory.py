@@ -233,7 +233,8 @@ def test_simplex_etf_closed_form():
 
 
 def test_chunked_ce_equals_dense_with_bias_and_layernorm():
-    from ufm.model import TargetTensors, layer_norm_columns, soft_label_ce
+    from ufm.features import layer_norm_columns
+    from ufm.model import TargetTensors, soft_label_ce
 
     t = random_supports(30, 23, (1, 4), probs="zipf", seed=4)
     data = TargetTensors(t, torch.device("cpu"), torch.float64)

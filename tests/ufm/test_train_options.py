@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ufm.targets import one_hot, random_supports
-from ufm.train import TrainConfig, _lr_at, train_ufm
+from ufm.fit import _lr_at
+from ufm.train import TrainConfig, train_ufm
 
 T = random_supports(12, 6, (1, 3), probs="zipf", seed=2)
 
@@ -102,7 +103,7 @@ def test_bad_training_options_are_refused_before_training(options, match):
 
 
 def test_a_run_that_cannot_fit_in_memory_is_refused_with_its_estimate():
-    from ufm.train import TRAIN_MEMORY_FRACTION, training_bytes
+    from ufm.fit import TRAIN_MEMORY_FRACTION, training_bytes
 
     config = TrainConfig(dim=100_000_000, weight_decay=1e-3, steps=1, lr=0.05)
     need = training_bytes(config, one_hot([5] * 10))
