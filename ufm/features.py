@@ -10,8 +10,9 @@ and the objective terms it adds; ``fit`` (ufm.fit) builds it into a ``Features``
     FixedH(h, depth)          F = W_L ... W_1 h, h frozen (depth 0: only W is trained; Thrampoulidis 2024)
 
 Add a feature model as one class here and one entry in ``FEATURE_MODELS``: ``given_h`` gives a given
-H (else H starts random), ``layers`` the trained d x d factors, ``transform`` the features of H's batch columns and
-``penalty_terms`` its ridge, in the order the objective adds them.
+H (else H starts random), ``layers`` the trained d x d factors, ``transform`` the features of H's
+batch columns, ``layer_outputs`` every layer's, and ``penalty_terms`` its ridge, in the order the
+objective adds them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ class FeatureModel:
 
     def transform(self, module: "Features", H: torch.Tensor) -> torch.Tensor:
         return H
+
+    def layer_outputs(self, module: "Features", H: torch.Tensor) -> list[torch.Tensor]:
+        """[H, W_1 H, ..., W_L ... W_1 H]: H and each layer's output (one entry without layers)."""
+        out = [H]
+        for layer in module.layers:
+            out.append(layer @ out[-1])
+        return out
 
     def penalty_terms(self, module: "Features", weight_decay: float, feature_decay: float, H, batch,
                       scale: float) -> list:
@@ -235,11 +243,8 @@ class Features(torch.nn.Module):
         return self.model.transform(self, self.H if batch is None else self.H[:, batch])
 
     def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """[H, W_1 H, ..., W_L ... W_1 H] (d, B): every layer's features (one entry without layers)."""
-        out = [self.H if batch is None else self.H[:, batch]]
-        for layer in self.layers:
-            out.append(layer @ out[-1])
-        return out
+        """H and every layer's output (d, B) (one entry without layers)."""
+        return self.model.layer_outputs(self, self.H if batch is None else self.H[:, batch])
 
     def penalty_terms(self, weight_decay: float, feature_decay: float, batch, scale: float) -> list:
         H = self.H if batch is None else self.H[:, batch]

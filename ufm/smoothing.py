@@ -28,21 +28,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from .theory import etf_classifier
 
 
 @dataclass(frozen=True)
-class SmoothedETF:
-    """The closed-form global minimizer of the balanced UFM under CE with label smoothing ``eps``."""
+class ETFMinimizer:
+    """A global minimizer of the balanced UFM that is a simplex ETF: its margin, norms and objective."""
 
     num_classes: int
     per_class: int
     weight_decay: float
     feature_decay: float
-    eps: float
     margin: float  # Delta* = w_y.h_y - w_c.h_y (0 when the minimizer is W = H = 0)
     feature_norm: float  # ||h_i||
     classifier_norm: float  # ||w_c||
@@ -53,9 +54,14 @@ class SmoothedETF:
         return self.margin == 0.0
 
 
-def smoothed_etf(num_classes: int, per_class: int, weight_decay: float, feature_decay: float | None = None,
-                 eps: float = 0.0) -> SmoothedETF:
-    """Delta*, the norms and the objective of the global minimizer (module docstring); eps = 0 is plain CE."""
+@dataclass(frozen=True)
+class SmoothedETF(ETFMinimizer):
+    """The closed-form global minimizer under CE with label smoothing ``eps``."""
+
+    eps: float = 0.0
+
+
+def _decays(num_classes: int, per_class: int, weight_decay: float, feature_decay: float | None):
     K, n = int(num_classes), int(per_class)
     if K < 2 or n < 1:
         raise ValueError(f"need K >= 2 classes and n >= 1 contexts per class, got K = {K}, n = {n}")
@@ -63,22 +69,46 @@ def smoothed_etf(num_classes: int, per_class: int, weight_decay: float, feature_
     lam_h = lam_w if feature_decay is None else float(feature_decay)
     if not (lam_w > 0 and lam_h > 0 and math.isfinite(lam_w * lam_h)):
         raise ValueError(f"the closed form needs weight_decay and feature_decay > 0, got {lam_w}, {lam_h}")
+    return K, n, lam_w, lam_h
+
+
+def _norms(K: int, n: int, lam_w: float, lam_h: float, margin: float) -> tuple[float, float]:
+    """||h||, ||w|| of the cheapest ETF with ``margin``: a b = (K-1) margin / K, lambda_W b^2 = lambda_H n a^2."""
+    scale = (K - 1) * margin / K  # w_y . h_y
+    return math.sqrt(scale * math.sqrt(lam_w / (lam_h * n))), math.sqrt(scale * math.sqrt(lam_h * n / lam_w))
+
+
+def etf_minimizer(num_classes: int, per_class: int, weight_decay: float, feature_decay: float | None,
+                  margin_loss: Callable[[float], float]) -> ETFMinimizer:
+    """For a loss whose global minimizer is a simplex ETF (CE, focal, ... : Zhou et al. 2022): the margin
+    minimizing margin_loss(Delta) + (K-1) sqrt(lambda_W lambda_H n) Delta, by a bounded search on
+    [0, 200] (0: the zero minimizer), and the norms and objective there."""
+    K, n, lam_w, lam_h = _decays(num_classes, per_class, weight_decay, feature_decay)
+    c = (K - 1) * math.sqrt(lam_w * lam_h * n)
+    best = minimize_scalar(lambda m: margin_loss(m) + c * m, bounds=(0.0, 200.0), method="bounded",
+                           options=dict(xatol=1e-12))
+    margin, objective = float(best.x), float(best.fun)
+    if margin_loss(0.0) <= objective:
+        margin, objective = 0.0, margin_loss(0.0)
+    a, b = _norms(K, n, lam_w, lam_h, margin)
+    return ETFMinimizer(K, n, lam_w, lam_h, margin, a, b, objective)
+
+
+def smoothed_etf(num_classes: int, per_class: int, weight_decay: float, feature_decay: float | None = None,
+                 eps: float = 0.0) -> SmoothedETF:
+    """Delta*, the norms and the objective of the global minimizer (module docstring); eps = 0 is plain CE."""
+    K, n, lam_w, lam_h = _decays(num_classes, per_class, weight_decay, feature_decay)
     if not 0 <= eps < 1:
         raise ValueError(f"eps must be in [0, 1), got {eps}")
-    c = math.sqrt(lam_w * lam_h * n)
-    r = (K - 1) * (eps / K + c)
+    r = (K - 1) * (eps / K + math.sqrt(lam_w * lam_h * n))
     if r >= (K - 1) / K:  # f is increasing from Delta = 0: the zero solution
-        return SmoothedETF(K, n, lam_w, lam_h, eps, 0.0, 0.0, 0.0, math.log(K))
+        return SmoothedETF(K, n, lam_w, lam_h, 0.0, 0.0, 0.0, math.log(K), eps)
     margin = math.log((K - 1) * (1 - r) / r)
-    scale = (K - 1) * margin / K  # w_y . h_y
     objective = math.log1p((K - 1) * math.exp(-margin)) + r * margin
-    # lambda_W K b^2 = lambda_H K n a^2 and a b = scale
-    a = math.sqrt(scale * math.sqrt(lam_w / (lam_h * n)))
-    b = math.sqrt(scale * math.sqrt(lam_h * n / lam_w))
-    return SmoothedETF(K, n, lam_w, lam_h, eps, margin, a, b, objective)
+    return SmoothedETF(K, n, lam_w, lam_h, margin, *_norms(K, n, lam_w, lam_h, margin), objective, eps)
 
 
-def smoothed_etf_factors(opt: SmoothedETF, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def smoothed_etf_factors(opt: ETFMinimizer, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """A minimizer as arrays: W (K, d) and H (d, K n), contexts in ``one_hot``'s order (class-major)."""
     E = etf_classifier(opt.num_classes, dim)  # (K, d) unit rows
     labels = np.repeat(np.arange(opt.num_classes), opt.per_class)

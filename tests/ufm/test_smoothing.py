@@ -85,3 +85,17 @@ def test_bad_arguments_are_named():
         smoothed_etf(1, 2, 1e-3)
     with pytest.raises(ValueError, match="must lie in"):
         nc1_rate(smoothed_etf(4, 2, 1e-3), lr=1e6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_the_numerical_etf_minimizer_agrees_with_the_closed_form(eps):
+    from ufm.smoothing import etf_minimizer
+
+    K = 5
+    exact = smoothed_etf(K, 3, 2e-3, 4e-3, eps)
+    numeric = etf_minimizer(K, 3, 2e-3, 4e-3,
+                            lambda m: math.log1p((K - 1) * math.exp(-m)) + eps * (K - 1) / K * m)
+    for key in ("margin", "feature_norm", "classifier_norm", "objective"):
+        assert getattr(numeric, key) == pytest.approx(getattr(exact, key), rel=1e-7), key
+    zero = etf_minimizer(3, 2, 0.3, None, lambda m: math.log1p(2 * math.exp(-m)) + 0.1 * 2 / 3 * m)
+    assert zero.collapsed_to_zero and zero.objective == pytest.approx(math.log(3))
