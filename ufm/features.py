@@ -224,6 +224,41 @@ class FixedH(FeatureModel):
         return [(0.5 * weight_decay) * layer.square().sum() for layer in module.layers]
 
 
+@dataclass(frozen=True)
+class DeepReLU(FeatureModel):
+    """F = relu(W_L relu(... relu(W_1 H))), every factor trained, + (lambda_W/2) sum_l ||W_l||^2 and
+    (lambda_H/2)||H||^2: the deep unconstrained features model of Sukenik, Mondelli & Lampert (NeurIPS
+    2023), who prove deep neural collapse optimal for binary MSE. Checked against
+    (tests/ufm/test_features.py, depths 1-3): the best seeded GD run's objective is the deep linear
+    orthogonal frame's (ufm.theory.imbalanced_mse_frame: nonnegative orthogonal class means pass the
+    ReLU unchanged), and after every ReLU the features collapse to orthogonal class means with the
+    frame's norms. H itself is not pinned (its class means' cosine differed between optimal runs)."""
+
+    depth: int = 1
+    layer_init: str = "identity"
+    name: ClassVar[str] = "deep_relu"
+
+    def __post_init__(self) -> None:
+        _check_layers(self.depth, self.layer_init, 1, self.name)
+
+    def layers(self, dim, init_scale, generator, dtype):
+        return _layer_start(self.layer_init, self.depth, dim, init_scale, generator, dtype)
+
+    def transform(self, module, H):
+        for layer in module.layers:
+            H = torch.relu(layer @ H)
+        return H
+
+    def layer_outputs(self, module, H):
+        out = [H]
+        for layer in module.layers:
+            out.append(torch.relu(layer @ out[-1]))
+        return out
+
+    def penalty_terms(self, module, weight_decay, feature_decay, H, batch, scale):
+        return DeepLinear.penalty_terms(self, module, weight_decay, feature_decay, H, batch, scale)
+
+
 class Features(torch.nn.Module):
     """A feature model built for a problem: H (d, m) (a parameter, or a buffer when frozen), the model's
     trained layers and its anchor, with the features and the ridge of a batch of columns."""
@@ -254,5 +289,5 @@ class Features(torch.nn.Module):
 # name -> the feature model's class (``train_ufm(features=NAME)``)
 FEATURE_MODELS: dict[str, type[FeatureModel]] = {
     "free": FreeH, "layernorm": LayerNormH, "sphere": SphereH, "deep_linear": DeepLinear,
-    "perturbed": Perturbed, "fixed_h": FixedH,
+    "perturbed": Perturbed, "fixed_h": FixedH, "deep_relu": DeepReLU,
 }
