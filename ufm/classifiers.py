@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .features import as_matrix, layer_norm_columns, sphere_columns
+from .features import as_matrix, hold, layer_norm_columns, sphere_columns
 from .theory import etf_classifier
 
 
@@ -79,10 +79,7 @@ class Words(torch.nn.Module):
     def __init__(self, classifier: Classifier, W: torch.Tensor):
         super().__init__()
         self.classifier = classifier
-        if classifier.trains:
-            self.W = torch.nn.Parameter(W)
-        else:
-            self.register_buffer("W", W)
+        hold(self, "W", W, trains=classifier.trains)
         self.bias = torch.nn.Parameter(torch.zeros(W.shape[0], dtype=W.dtype)) if classifier.bias else None
 
     def words(self) -> torch.Tensor:

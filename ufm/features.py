@@ -225,7 +225,7 @@ class FixedH(FeatureModel):
 
 
 @dataclass(frozen=True)
-class DeepReLU(FeatureModel):
+class DeepReLU(DeepLinear):
     """F = relu(W_L relu(... relu(W_1 H))), every factor trained, + (lambda_W/2) sum_l ||W_l||^2 and
     (lambda_H/2)||H||^2: the deep unconstrained features model of Sukenik, Mondelli & Lampert (NeurIPS
     2023), who prove deep neural collapse optimal for binary MSE. Checked against
@@ -234,15 +234,7 @@ class DeepReLU(FeatureModel):
     ReLU unchanged), and after every ReLU the features collapse to orthogonal class means with the
     frame's norms. H itself is not pinned (its class means' cosine differed between optimal runs)."""
 
-    depth: int = 1
-    layer_init: str = "identity"
     name: ClassVar[str] = "deep_relu"
-
-    def __post_init__(self) -> None:
-        _check_layers(self.depth, self.layer_init, 1, self.name)
-
-    def layers(self, dim, init_scale, generator, dtype):
-        return _layer_start(self.layer_init, self.depth, dim, init_scale, generator, dtype)
 
     def transform(self, module, H):
         for layer in module.layers:
@@ -255,8 +247,13 @@ class DeepReLU(FeatureModel):
             out.append(torch.relu(layer @ out[-1]))
         return out
 
-    def penalty_terms(self, module, weight_decay, feature_decay, H, batch, scale):
-        return DeepLinear.penalty_terms(self, module, weight_decay, feature_decay, H, batch, scale)
+
+def hold(module: torch.nn.Module, name: str, tensor: torch.Tensor, *, trains: bool) -> None:
+    """``tensor`` as a trained parameter of ``module``, or as a frozen buffer (moved by .to(), no gradient)."""
+    if trains:
+        setattr(module, name, torch.nn.Parameter(tensor))
+    else:
+        module.register_buffer(name, tensor)
 
 
 class Features(torch.nn.Module):
@@ -266,10 +263,7 @@ class Features(torch.nn.Module):
     def __init__(self, model: FeatureModel, H: torch.Tensor, layers: list[torch.Tensor]):
         super().__init__()
         self.model = model
-        if model.trains_h:
-            self.H = torch.nn.Parameter(H)
-        else:
-            self.register_buffer("H", H)
+        hold(self, "H", H, trains=model.trains_h)
         self.layers = torch.nn.ParameterList(layers)
         for name, tensor in model.buffers(H).items():
             self.register_buffer(name, tensor)
