@@ -179,17 +179,7 @@ def fit(
     collapse metrics, ``track_subspace`` the same-support collapse ratio, ``observe(W, F)`` whatever it
     returns. ``h_start`` (d, m) is the initial H of a model that trains H from a random start otherwise;
     ``config`` is what the result records (train_ufm's flat TrainConfig; default ``options``)."""
-    if not isinstance(targets, NTPTargets):
-        raise TypeError(f"targets must be NTPTargets, got {type(targets).__name__}")
-    for value, kind, name in ((loss, Loss, "loss"), (features, FeatureModel, "features")):
-        if not isinstance(value, kind):
-            raise TypeError(f"{name} must be a {kind.__name__} (ufm.{name}), got {type(value).__name__}")
-    if l_mm is not None and np.shape(l_mm) != (targets.vocab_size, targets.num_contexts):
-        raise ValueError(f"l_mm must have shape (V, m) = ({targets.vocab_size}, {targets.num_contexts}), "
-                         f"got {np.shape(l_mm)}")
-    if l_mm is not None and not np.all(np.isfinite(l_mm)):
-        raise ValueError(f"l_mm holds {int((~np.isfinite(l_mm)).sum())} NaN or Inf value(s) (an infeasible "
-                         "or failed NTP-SVM solve?); pass None to leave the max-margin direction out")
+    _check_inputs(targets, loss, features, l_mm)
     marks = _snapshot_marks(options.steps, snapshots)
     dev = resolve_device(device)
     given = features.check(options.dim, targets.num_contexts)
@@ -239,18 +229,33 @@ def fit(
             line_step = _step(opt, options, params, lambda: objective(batch), step, line_step)
             bar.update(1)
     bar.close()
+    family = dict(loss=loss.describe(), features=features.describe(), classifier=classifier.describe())
+    return _result(model, targets, config or options, history, time.perf_counter() - start, family)
+
+
+def _result(model: UFMModel, targets, config: FitOptions, history, seconds: float, family) -> UFMResult:
     if not math.isfinite(history[-1]["objective"]):
         raise FloatingPointError(
-            f"training diverged (objective {history[-1]['objective']}); lower lr={options.lr} "
+            f"training diverged (objective {history[-1]['objective']}); lower lr={config.lr} "
             "(or, for gd, leave lr=None for a line search)"
         )
     model = model.cpu().requires_grad_(False)
-    return UFMResult(
-        W=model.W.detach(), H=model.H.detach(), bias=model.bias.detach() if model.bias is not None else None,
-        targets=targets, config=config or options, model=model, history=history,
-        seconds=time.perf_counter() - start, family=dict(loss=loss.describe(), features=features.describe(),
-                                                          classifier=classifier.describe()),
-    )
+    return UFMResult(W=model.W.detach(), H=model.H.detach(), bias=None if model.bias is None else model.bias.detach(),
+                     targets=targets, config=config, model=model, history=history, seconds=seconds, family=family)
+
+
+def _check_inputs(targets, loss, features, l_mm) -> None:
+    if not isinstance(targets, NTPTargets):
+        raise TypeError(f"targets must be NTPTargets, got {type(targets).__name__}")
+    for value, kind, name in ((loss, Loss, "loss"), (features, FeatureModel, "features")):
+        if not isinstance(value, kind):
+            raise TypeError(f"{name} must be a {kind.__name__} (ufm.{name}), got {type(value).__name__}")
+    if l_mm is not None and np.shape(l_mm) != (targets.vocab_size, targets.num_contexts):
+        raise ValueError(f"l_mm must have shape (V, m) = ({targets.vocab_size}, {targets.num_contexts}), "
+                         f"got {np.shape(l_mm)}")
+    if l_mm is not None and not np.all(np.isfinite(l_mm)):
+        raise ValueError(f"l_mm holds {int((~np.isfinite(l_mm)).sum())} NaN or Inf value(s) (an infeasible "
+                         "or failed NTP-SVM solve?); pass None to leave the max-margin direction out")
 
 
 def _build(options: FitOptions, targets: NTPTargets, features: FeatureModel, classifier: Classifier,
