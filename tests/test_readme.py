@@ -23,7 +23,7 @@ TAGGED = ["The/at cat/nn sat/vbd on/in the/at mat/nn ./.", "The/at dog/nn sat/vb
 # block index -> (text in the README, what the test runs instead)
 SUBSTITUTIONS = {
     2: [("steps=20_000", "steps=300")],
-    3: [('fetch("brown-tagged")', "TAGGED_DIR"), ("vocab_size=200", "vocab_size=10"), ("min_count=20", "min_count=2"),
+    4: [('fetch("brown-tagged")', "TAGGED_DIR"), ("vocab_size=200", "vocab_size=10"), ("min_count=20", "min_count=2"),
         ("FiniteLMConfig(dim=128, layers=4, steps=1000)", "FiniteLMConfig(dim=16, layers=2, steps=20)")],
 }
 
@@ -38,7 +38,7 @@ def test_the_python_snippets_run_in_order(tmp_path, monkeypatch):
     tagged.mkdir()
     (tagged / "ca01.txt").write_text("\n".join(TAGGED) + "\n")
     blocks = python_blocks()
-    assert len(blocks) == 5 and set(SUBSTITUTIONS) <= set(range(len(blocks)))
+    assert len(blocks) == 6 and set(SUBSTITUTIONS) <= set(range(len(blocks)))
     namespace = {"TAGGED_DIR": str(tagged)}
     for i, code in enumerate(blocks):
         for old, new in SUBSTITUTIONS.get(i, []):
@@ -50,6 +50,7 @@ def test_the_python_snippets_run_in_order(tmp_path, monkeypatch):
     assert namespace["result"].H.shape == (32, 60) and namespace["L_in"].shape == (30, 60)
     assert namespace["run"].history[-1]["step"] == 20 and (tmp_path / "tf.ckpt").is_file()
     assert namespace["W"].shape == (24, 16)
+    assert namespace["r"].history[-1]["objective"] == pytest.approx(0.00512407, rel=1e-6)
 
 
 def test_the_published_table_command_runs_as_printed(tmp_path, capsys):

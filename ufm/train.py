@@ -170,10 +170,15 @@ def train_ufm(
         lr_schedule=lr_schedule, init_scale=init_scale, batch_size=batch_size, dtype=dtype, seed=seed,
         chunk_entries=chunk_entries, feature_decay=feature_decay, **family, fixed_classifier=classifier is not None,
         loss=loss if isinstance(loss, str) else "ce", features=features if isinstance(features, str) else "free")
+    loss_name, feature_name = (v if isinstance(v, str) else None for v in (loss, features))
     loss = config.loss_object() if isinstance(loss, str) else loss
     features = config.feature_model(h0) if isinstance(features, str) else features
+    config_classifier = config.classifier_object(classifier)
     start = h0 if features.given_h() is None else None  # h0 is then the initial H
-    return fit(targets, config, loss=loss, features=features, classifier=config.classifier_object(classifier),
+    if loss_name is None or feature_name is None:
+        # objects were passed: the flat record would name the defaults; the result's ``family`` has them
+        config = FitOptions(**{f.name: getattr(config, f.name) for f in fields(FitOptions)})
+    return fit(targets, config, loss=loss, features=features, classifier=config_classifier,
                h_start=start, config=config, device=device, snapshots=snapshots, l_mm=l_mm,
                track_metrics=track_metrics, track_subspace=track_subspace, observe=observe, progress=progress)
 
