@@ -5,34 +5,30 @@ a fixed set of contexts: each distinct context j (n words, frequency pi_j, next-
 is one sequence, the loss is the pi-weighted soft-label CE of its last position, full batch. This is
 that model: token embeddings, optional learned positions, Llama-style blocks (RMSNorm, causal
 multi-head attention, SwiGLU), a final RMSNorm and an untied unembedding W (V, d). Its last-position
-hidden states after the final norm are the context features H (d, m) that meet W, so the UFM's
-monitor (ufm.fit.GeometryMonitor) measures it with the same code as the simulator.
+hidden states after the final norm are the context features H (d, m) that meet W.
 
-Training is seeded and resumable: ``checkpoint`` is rewritten atomically every ``checkpoint_every``
-steps with the model, the optimizer, the step and the history, and a run with the same configuration
-continues from it.
+The network is a feature model of the UFM family (``Transformer``), trained by the family's one loop
+(ufm.fit.fit: AdamW, full batch, the same GeometryMonitor as the simulator). Training is seeded and
+resumable: ``checkpoint`` is rewritten atomically every ``checkpoint_every`` steps, and a run with the
+same configuration and data continues from it.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ufm._validate import resolve_device
-from ufm.io import atomic_write
-from ufm.model import TargetTensors, soft_label_ce
-from ufm.threads import threads_for
-from ufm.fit import GeometryMonitor, snapshot_steps
+from ufm.features import FeatureModel
+from ufm.fit import FitOptions, fit
+from ufm.losses import Batch, CrossEntropy
+from ufm.model import TargetTensors
 
-from .train import load_state
 from .words import WordContexts
 
 
@@ -105,15 +101,83 @@ class FiniteContextLM(nn.Module):
 
 
 def finite_lm_loss(model: FiniteContextLM, tokens: torch.Tensor, data: TargetTensors) -> torch.Tensor:
-    """sum_j pi_j [lse(W h_j) - p_j . W h_j]: the UFM's soft-label CE, of the transformer's features."""
+    """sum_j pi_j [lse(W h_j) - p_j . W h_j]: the UFM's soft-label CE (the loss fit trains the transformer
+    with), of the transformer's features."""
     H = model(tokens).to(data.pi.dtype)
-    return soft_label_ce(model.W.to(data.pi.dtype), H, None, data.pi, data.tokens, data.contexts, data.probs,
-                         chunk_entries=None)
+    return CrossEntropy()(model.W.to(data.pi.dtype), H, None, Batch(*data.select(None)), chunk_entries=None)
+
+
+@dataclass(frozen=True)
+class Transformer(FeatureModel):
+    """The features of a FiniteContextLM: its final-norm last-position states of every context (m, n word
+    ids in ``contexts``), every network parameter trained (AdamW decays them; no ridge in the objective).
+    The classifier starts at the network's own unembedding W. ``data`` identifies the contexts in a
+    checkpoint."""
+
+    config: FiniteLMConfig
+    contexts: np.ndarray = field(repr=False)  # (m, n) word ids
+    vocab_size: int = 0
+    data: dict = field(default_factory=dict, repr=False)
+    name: ClassVar[str] = "transformer"
+
+    def check(self, dim: int, num_contexts: int) -> None:
+        if dim != self.config.dim or len(self.contexts) != num_contexts:
+            raise ValueError(f"the transformer has d = {self.config.dim} and {len(self.contexts)} contexts; the run "
+                             f"asks for d = {dim} and {num_contexts}")
+        return None
+
+    def build(self, H, layers):
+        # Drawn from the seed alone (not the run's generator), as the network was before it joined fit.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            lm = FiniteContextLM(self.vocab_size, self.contexts.shape[1], self.config)
+        return _TransformerFeatures(self, lm, torch.as_tensor(self.contexts))
+
+    def flops(self, batch: int) -> int:
+        return batch * self.contexts.shape[1] * self.config.dim ** 2 * self.config.layers * 12
+
+    def describe(self) -> dict:
+        return dict(name=self.name, **asdict(self.config), data=self.data)
+
+
+class _TransformerFeatures(nn.Module):
+    """The Features interface of ufm.features over a FiniteContextLM (its W is the classifier's)."""
+
+    def __init__(self, model: Transformer, lm: FiniteContextLM, tokens: torch.Tensor):
+        super().__init__()
+        self.model, self.lm = model, lm
+        self.register_buffer("tokens", tokens)
+
+    @property
+    def H(self) -> torch.Tensor:
+        """The features the classifier meets (d, m): ||H|| in the history is theirs."""
+        return self.features()
+
+    @property
+    def layers(self) -> list:
+        return []
+
+    def features(self, batch=None) -> torch.Tensor:
+        tokens = self.tokens if batch is None else self.tokens[batch]
+        return self.lm(tokens).to(torch.float64)
+
+    def layer_features(self, batch=None) -> list[torch.Tensor]:
+        tokens = self.tokens if batch is None else self.tokens[batch]
+        return [s.T for s in self.lm.layer_states(tokens)]
+
+    def trained(self) -> list[torch.Tensor]:
+        return [p for name, p in self.lm.named_parameters() if name != "W"]
+
+    def initial_words(self, drawn: torch.Tensor) -> torch.Tensor:
+        return self.lm.W.detach().to(drawn.dtype).clone()
+
+    def penalty_terms(self, weight_decay, feature_decay, batch, scale) -> list:
+        return []
 
 
 @dataclass
 class FiniteLMRun:
-    model: FiniteContextLM  # on the CPU
+    model: FiniteContextLM  # on the CPU, its W the trained unembedding
     config: FiniteLMConfig
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -137,62 +201,16 @@ def train_finite_lm(data: WordContexts, config: FiniteLMConfig = FiniteLMConfig(
                     layer_observe: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
                     checkpoint: str | Path | None = None, checkpoint_every: int = 500,
                     progress: bool = False) -> FiniteLMRun:
-    """Train on every context of ``data`` at once; the history has, at each snapshot, the UFM monitor's
-    quantities of (W, H) (CE - H, ||P_F(L) - L_in||, cos with L_mm, subspace ratio, NC metrics,
-    ``observe(W, H)``), ||W||, ||H||, and ``layer_observe`` of every layer's last-position states (d, m)."""
-    dev = resolve_device(device)
-    torch.manual_seed(config.seed)
-    model = FiniteContextLM(data.targets.vocab_size, data.contexts.shape[1], config).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    tokens = torch.as_tensor(data.contexts, device=dev)
-    targets = TargetTensors(data.targets, dev, torch.float64)
-    monitor = GeometryMonitor(targets, l_mm, chunk_entries=None)
-    marks = set(snapshot_steps(config.steps, snapshots) if isinstance(snapshots, int) else [*snapshots, 0, config.steps])
-    history: list[dict[str, Any]] = []
-    start_step = 0
-    path = Path(checkpoint) if checkpoint is not None else None
-    resumed_from = None
-    if path is not None and path.exists():
-        state = load_state(path, ("model", "optimizer", "step", "history", "config", "describe", "rng"), dev)
-        if state["config"] != asdict(config) or state["describe"] != data.describe():
-            raise ValueError(f"{path} holds a run of another configuration or data; remove it or use another path")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_step, history = state["step"], state["history"]
-        resumed_from = start_step
-        torch.set_rng_state(state["rng"])
-    start = time.perf_counter()
-    work = data.targets.num_contexts * data.contexts.shape[1] * config.dim ** 2 * config.layers * 12
-    with threads_for(work if dev.type == "cpu" else 0):
-        for step in tqdm(range(start_step, config.steps + 1), disable=not progress, desc="transformer"):
-            # The checkpoint at a marked step already holds that step's record: a resumed run must
-            # not record it twice.
-            if step in marks and not (history and history[-1]["step"] == step):
-                history.append(_record(step, model, tokens, monitor, observe, layer_observe))
-            if path is not None and step > start_step and (step % checkpoint_every == 0 or step == config.steps):
-                _save(path, model, opt, step, history, config, data)
-            if step == config.steps:
-                break
-            opt.zero_grad(set_to_none=True)
-            finite_lm_loss(model, tokens, targets).backward()
-            opt.step()
-    return FiniteLMRun(model.cpu(), config, history, time.perf_counter() - start, resumed_from)
-
-
-@torch.no_grad()
-def _record(step, model, tokens, monitor: GeometryMonitor, observe, layer_observe) -> dict[str, Any]:
-    model.eval()
-    states = model.layer_states(tokens)
-    H = states[-1].T
-    row = dict(step=step, w_norm=float(model.W.norm()), h_norm=float(H.norm()))
-    row |= monitor.measure(model.W, H, metrics=True, subspace=True, observe=observe)
-    if layer_observe is not None:
-        row |= layer_observe([s.T.double().cpu().numpy() for s in states])
-    model.train()
-    return row
-
-
-def _save(path: Path, model, opt, step: int, history, config: FiniteLMConfig, data: WordContexts) -> None:
-    state = dict(model=model.state_dict(), optimizer=opt.state_dict(), step=step, history=history,
-                 config=asdict(config), describe=data.describe(), rng=torch.get_rng_state())
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Train on every context of ``data`` at once (AdamW, constant lr, full batch) through ufm.fit; the
+    history has, at each snapshot, the monitor's quantities of (W, H) (CE - H, ||P_F(L) - L_in||, cos
+    with L_mm, subspace ratio, NC metrics, ``observe(W, H)``), ||W||, ||H||, and ``layer_observe`` of
+    every layer's last-position states (d, m)."""
+    features = Transformer(config, np.asarray(data.contexts), data.targets.vocab_size, data.describe())
+    options = FitOptions(dim=config.dim, weight_decay=config.weight_decay, steps=config.steps, lr=config.lr,
+                         optimizer="adamw", lr_schedule="constant", seed=config.seed, chunk_entries=None)
+    r = fit(data.targets, options, loss=CrossEntropy(), features=features, device=device, snapshots=snapshots,
+            l_mm=l_mm, track_metrics=True, track_subspace=True, observe=observe, layer_observe=layer_observe,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every, progress=progress)
+    lm = r.model.feature_module.lm
+    lm.W = nn.Parameter(r.W.to(lm.W.dtype), requires_grad=False)
+    return FiniteLMRun(lm, config, r.history, r.seconds, r.resumed_from)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ufm._validate import check_positive_int, resolve_device
-from ufm.io import atomic_directory, atomic_write
+from ufm.io import atomic_directory, atomic_write, load_state
 from ufm.threads import threads_for
 
 from .corpus import Corpus, token_blocks
@@ -143,21 +143,6 @@ def train_clm(spec: TrainSpec, tokenizer, train: Corpus, val: Corpus, out: str |
                          schedule=schedule.state_dict(), results=[asdict(r) for r in results])
             atomic_write(out / "state.pt", lambda tmp: torch.save(state, tmp))
     return results
-
-
-def load_state(path: Path, keys: tuple[str, ...], device="cpu") -> dict:
-    """A resume state written by torch.save, refused clearly if it is not one (truncated, foreign,
-    or of another version of the code)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # torch.load raises pickle's, zipfile's or its own errors for garbage
-        raise ValueError(f"{path} is not a readable resume state ({type(err).__name__}: {err}); remove it to "
-                         "start the run afresh") from err
-    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"{path} is not a resume state of this run (it lacks {', '.join(missing)}); remove it "
-                         "to start the run afresh")
-    return state
 
 
 def _resume(out: Path, spec: TrainSpec, model, opt, schedule) -> tuple[list[EpochResult], int]:

@@ -70,6 +70,14 @@ class FeatureModel:
     def layers(self, dim: int, init_scale: float, generator, dtype) -> list[torch.Tensor]:
         return []
 
+    def build(self, H: torch.Tensor, layers: list[torch.Tensor]) -> "Features":
+        """The module fit trains: H (drawn or given) and the layers."""
+        return Features(self, H, layers)
+
+    def flops(self, batch: int) -> int:
+        """Multiply-adds a step spends making the features of ``batch`` contexts (beyond the logits)."""
+        return 0
+
     def buffers(self, H: torch.Tensor) -> dict[str, torch.Tensor]:
         """Frozen tensors the model keeps beside H (the perturbed model's anchor)."""
         return {}
@@ -270,6 +278,14 @@ class Features(torch.nn.Module):
 
     def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.transform(self, self.H if batch is None else self.H[:, batch])
+
+    def trained(self) -> list[torch.Tensor]:
+        """H (unless frozen) and the layers, in that order."""
+        return [p for p in (self.H, *self.layers) if isinstance(p, torch.nn.Parameter)]
+
+    def initial_words(self, drawn: torch.Tensor) -> torch.Tensor:
+        """The classifier's start: fit's draw (a model with its own head gives that instead)."""
+        return drawn
 
     def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
         """H and every layer's output (d, B) (one entry without layers)."""

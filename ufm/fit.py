@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -21,8 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ._validate import check_positive_int, free_memory, resolve_device
+from .io import atomic_write, load_state
 from .classifiers import Classifier, LearnedClassifier, Words
-from .features import FeatureModel, Features, FreeH, as_matrix
+from .features import FeatureModel, FreeH, as_matrix
 from .losses import Batch, CrossEntropy, Loss
 from .metrics import collapse_metrics
 from .model import CHUNK_ENTRIES, TargetTensors, UFMModel, soft_label_ce, support_logits
@@ -31,10 +33,10 @@ from .targets import NTPTargets
 from .theory import sparse_component_values, subspace_collapse
 from .threads import threads_for
 
-Optimizer = Literal["gd", "ngd", "adam"]
+Optimizer = Literal["gd", "ngd", "adam", "adamw"]
 # gd's default (None) is a backtracking line search: a fixed step that converges depends on the
 # curvature, which grows with ||W|| and ||H|| (lr 20 and 10 diverge on SCIENCE.md's V=8, m=10 example).
-DEFAULT_LR = {"gd": None, "ngd": 0.5, "adam": 0.05}
+DEFAULT_LR = {"gd": None, "ngd": 0.5, "adam": 0.05, "adamw": 1e-3}
 _ARMIJO = 0.5  # sufficient decrease: f(x - t g) <= f(x) - _ARMIJO t ||g||^2
 _MAX_STEP = 1e4  # a line-search step never grows past this
 
@@ -47,7 +49,7 @@ class FitOptions:
     weight_decay: float  # lambda_W (and lambda_H unless feature_decay is set)
     steps: int  # optimizer steps (full-batch or minibatch)
     lr: float | None  # learning rate (ngd: the length of each step; gd None: backtracking line search)
-    optimizer: str = "adam"  # gd | ngd (normalized GD) | adam (AMSGrad variant)
+    optimizer: str = "adam"  # gd | ngd (normalized GD) | adam (AMSGrad variant) | adamw (decoupled decay)
     lr_schedule: str = "cosine"  # constant | cosine (decays to lr * 1e-3 at the last step)
     init_scale: float = 0.1  # std of the Gaussian initialization of W and H
     batch_size: int | None = None  # contexts per step; None: full batch
@@ -99,6 +101,7 @@ class UFMResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     family: dict[str, Any] = field(default_factory=dict)  # the loss, feature model and classifier, described
+    resumed_from: int | None = None  # the step a checkpoint resumed the run at, if one did
 
     @torch.no_grad()
     def features(self) -> torch.Tensor:
@@ -171,14 +174,20 @@ def fit(
     observe: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None,
     progress: bool = False,
     h_start: np.ndarray | torch.Tensor | None = None,
+    layer_observe: Callable[[list[np.ndarray]], dict[str, Any]] | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
     config: FitOptions | None = None,
 ) -> UFMResult:
     """Train ``features`` against ``loss`` with ``classifier`` on ``targets``; the history records, at each
     snapshot, the objective, CE - H, ||W||_F, ||H||_F, ||P_F(L_t) - L_in||_F and, with ``l_mm`` (V, m),
     cos(P_Fperp L_t, L_mm) and the distance of L_t/||L_t|| to L_mm/||L_mm||; ``track_metrics`` adds the
     collapse metrics, ``track_subspace`` the same-support collapse ratio, ``observe(W, F)`` whatever it
-    returns. ``h_start`` (d, m) is the initial H of a model that trains H from a random start otherwise;
-    ``config`` is what the result records (train_ufm's flat TrainConfig; default ``options``)."""
+    returns, ``layer_observe`` whatever it returns for every layer's features (d, m). ``h_start`` (d, m) is
+    the initial H of a model that trains H from a random start otherwise. ``checkpoint``: a resume state
+    rewritten atomically every ``checkpoint_every`` steps, from which a run of the same options, family
+    and targets continues. ``config`` is what the result records (train_ufm's TrainConfig; default
+    ``options``)."""
     _check_inputs(targets, loss, features, l_mm)
     marks = _snapshot_marks(options.steps, snapshots)
     dev = resolve_device(device)
@@ -200,7 +209,9 @@ def fit(
     monitor = GeometryMonitor(data, l_mm, options.chunk_entries)
     m = targets.num_contexts
     batch_gen = torch.Generator(device="cpu").manual_seed(options.seed + 1)
-    lam_h = options.lam_h
+    # AdamW decays the weights itself (Loshchilov & Hutter): no ridge in the objective then.
+    lam_w, lam_h = (0.0, 0.0) if options.optimizer == "adamw" else (options.weight_decay, options.lam_h)
+    family = dict(loss=loss.describe(), features=features.describe(), classifier=classifier.describe())
 
     def objective(batch: torch.Tensor | None, mix: bool = True) -> torch.Tensor:
         F, scored = model.features(batch), Batch(*data.select(batch))
@@ -208,19 +219,26 @@ def fit(
             F, scored = loss.prepare(F, scored, mix_rng)
         value = loss(model.words(), F, model.bias, scored, chunk_entries=options.chunk_entries)
         scale = 1.0 if batch is None else m / len(batch)  # unbiased minibatch estimate
-        return scale * value + model.penalty(options.weight_decay, lam_h, batch, scale)
+        return scale * value + model.penalty(lam_w, lam_h, batch, scale)
 
     opt = _make_optimizer(options, params)
-    history: list[dict[str, Any]] = []
+    saver = None if checkpoint is None else _Checkpoint(
+        Path(checkpoint), check_positive_int(checkpoint_every, "checkpoint_every"),
+        dict(options=asdict(options), family=family, targets=targets.describe()))
+    rngs = dict(batch=batch_gen, mix=mix_rng)
+    start_step, history, line_step = (0, [], 1.0) if saver is None else saver.resume(model, opt, rngs, dev)
     start = time.perf_counter()
-    bar = tqdm(total=options.steps, disable=not progress, desc="ufm", unit="step")
-    line_step = 1.0  # the line search's last accepted step (gd with lr None)
-    per_step = targets.vocab_size * options.dim * min(options.batch_size or m, m)  # multiply-adds of the logits
+    bar = tqdm(total=options.steps, initial=start_step, disable=not progress, desc="fit", unit="step")
+    B = min(options.batch_size or m, m)
+    per_step = targets.vocab_size * options.dim * B + features.flops(B)  # multiply-adds of a step
     with threads_for(per_step if dev.type == "cpu" else 0):
-        for step in range(options.steps + 1):
-            if step in marks:
+        for step in range(start_step, options.steps + 1):
+            # A checkpoint at a marked step already holds that step's record.
+            if step in marks and not (history and history[-1]["step"] == step):
                 history.append(monitor.record(step, model, lambda: objective(None, mix=False), track_metrics,
-                                              track_subspace, observe))
+                                              track_subspace, observe, layer_observe))
+            if saver is not None and step > start_step and (step % saver.every == 0 or step == options.steps):
+                saver.save(step, model, opt, history, rngs, line_step)
             if step == options.steps:
                 break
             batch = None
@@ -229,8 +247,39 @@ def fit(
             line_step = _step(opt, options, params, lambda: objective(batch), step, line_step)
             bar.update(1)
     bar.close()
-    family = dict(loss=loss.describe(), features=features.describe(), classifier=classifier.describe())
-    return _result(model, targets, config or options, history, time.perf_counter() - start, family)
+    result = _result(model, targets, config or options, history, time.perf_counter() - start, family)
+    result.resumed_from = start_step if start_step else None
+    return result
+
+
+class _Checkpoint:
+    """A fit run's resume state (the model, the optimizer, the step, the history, the minibatch and mixup
+    generators, the line search's step), rewritten atomically; refused if it is another run's."""
+
+    KEYS = ("model", "optimizer", "step", "history", "identity", "rng", "line_step")
+
+    def __init__(self, path: Path, every: int, identity: dict):
+        self.path, self.every, self.identity = path, every, identity
+
+    def resume(self, model, opt, rngs: dict, device) -> tuple[int, list, float]:
+        if not self.path.exists():
+            return 0, [], 1.0
+        state = load_state(self.path, self.KEYS, device)
+        if state["identity"] != self.identity:
+            raise ValueError(f"{self.path} holds a run of another configuration or data; remove it or use "
+                             "another path")
+        model.load_state_dict(state["model"])
+        if opt is not None:
+            opt.load_state_dict(state["optimizer"])
+        rngs["batch"].set_state(state["rng"]["batch"])
+        rngs["mix"].bit_generator.state = state["rng"]["mix"]
+        return state["step"], state["history"], state["line_step"]
+
+    def save(self, step: int, model, opt, history, rngs: dict, line_step: float) -> None:
+        state = dict(model=model.state_dict(), optimizer=None if opt is None else opt.state_dict(), step=step,
+                     history=history, identity=self.identity, line_step=line_step,
+                     rng=dict(batch=rngs["batch"].get_state(), mix=rngs["mix"].bit_generator.state))
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
 
 def _result(model: UFMModel, targets, config: FitOptions, history, seconds: float, family) -> UFMResult:
@@ -266,7 +315,8 @@ def _build(options: FitOptions, targets: NTPTargets, features: FeatureModel, cla
     W = options.init_scale * torch.randn(V, d, generator=gen, dtype=dtype)
     H = options.init_scale * torch.randn(d, m, generator=gen, dtype=dtype) if given is None else given.to(dtype).clone()
     layers = features.layers(d, options.init_scale, gen, dtype)
-    return UFMModel(Words(classifier, classifier.start(W, V, d)), Features(features, H, layers))
+    feature_module = features.build(H, layers)
+    return UFMModel(Words(classifier, classifier.start(feature_module.initial_words(W), V, d)), feature_module)
 
 
 def _snapshot_marks(steps: int, snapshots: int | list[int]) -> set[int]:
@@ -323,6 +373,8 @@ def _make_optimizer(config: FitOptions, params: list[torch.Tensor]):
         # kicks a converged UFM away (the ETF error went from 6e-15 back to 2e-3 between steps 7k
         # and 14k; ||P_F L - L_in|| from 0.0085 to 0.37 and back).
         return torch.optim.Adam(params, lr=config.lr, amsgrad=True)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return None  # gd and ngd are a line each, below
 
 
@@ -387,12 +439,15 @@ class GeometryMonitor:
 
     @torch.no_grad()
     def record(self, step: int, model: UFMModel, objective, metrics: bool, subspace: bool,
-               observe) -> dict[str, Any]:
+               observe, layer_observe=None) -> dict[str, Any]:
         """``objective()``: the training objective on all contexts (mixup: on the unmixed contexts)."""
         row: dict[str, Any] = dict(step=step, objective=float(objective()), w_norm=float(model.W.norm()),
                                    h_norm=float(model.H.norm()))
-        return row | self.measure(model.words(), model.features(), model.bias, metrics=metrics, subspace=subspace,
-                                  observe=observe)
+        row |= self.measure(model.words(), model.features(), model.bias, metrics=metrics, subspace=subspace,
+                            observe=observe)
+        if layer_observe is not None:
+            row |= layer_observe([s.double().cpu().numpy() for s in model.layer_features()])
+        return row
 
     @torch.no_grad()
     def measure(self, W: torch.Tensor, F: torch.Tensor, bias: torch.Tensor | None = None, *, metrics: bool = False,

@@ -129,3 +129,20 @@ def strict_json(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return strict_json(obj.tolist())
     raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def load_state(path: Path, keys: tuple[str, ...], device="cpu") -> dict:
+    """A resume state written by torch.save, refused clearly if it is not one (truncated, foreign,
+    or of another version of the code)."""
+    import torch  # here, so that the CLI's file helpers load without it
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # torch.load raises pickle's, zipfile's or its own errors for garbage
+        raise ValueError(f"{path} is not a readable resume state ({type(err).__name__}: {err}); remove it to "
+                         "start the run afresh") from err
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a resume state of this run (it lacks {', '.join(missing)}); remove it "
+                         "to start the run afresh")
+    return state

@@ -149,8 +149,8 @@ class UFMModel(torch.nn.Module):
 
     def trained(self) -> list[torch.Tensor]:
         """The trained tensors in a fixed order: W, H, the layers, the bias (those that train)."""
-        candidates = [self.W, self.H, *self.feature_module.layers, self.bias]
-        return [p for p in candidates if isinstance(p, torch.nn.Parameter)]
+        head = [p for p in (self.W,) if isinstance(p, torch.nn.Parameter)]
+        return head + self.feature_module.trained() + ([self.bias] if self.bias is not None else [])
 
     def penalty(self, weight_decay: float, feature_decay: float, batch: torch.Tensor | None = None,
                 scale: float = 1.0) -> torch.Tensor | float:
