@@ -1,28 +1,9 @@
 """Runnable reproductions, one module per figure or table: ``collapse experiment NAME``."""
 
-# name on the command line -> module in this package
+# The experiments, registered once: name on the command line -> what it reproduces (for
+# `collapse experiment --help`; kept here, so that listing them imports none of them). The module is
+# the name with underscores (``module_of``); its ``main`` comes from ``_common.experiment``.
 REGISTRY = {
-    "etf": "experiments.etf",
-    "seli": "experiments.seli",
-    "subspace-collapse": "experiments.subspace_collapse",
-    "regularization-path": "experiments.regularization_path",
-    "implicit-bias": "experiments.implicit_bias",
-    "linguistic-collapse": "experiments.linguistic_collapse",
-    "feature-collapse": "experiments.feature_collapse",
-    "deep-linear": "experiments.deep_linear",
-    "perturbation": "experiments.perturbation",
-    "mixup": "experiments.mixup",
-    "softmax-code": "experiments.softmax_code",
-    "linear-model": "experiments.linear_model",
-    "semantic-geometry": "experiments.semantic_geometry",
-    "convergence-regime": "experiments.convergence_regime",
-    "label-smoothing": "experiments.label_smoothing",
-    "depth-low-rank": "experiments.depth_low_rank",
-}
-
-# name -> what it reproduces, for `collapse experiment --help` (kept here, so that listing them
-# imports none of them)
-SUMMARIES = {
     "etf": "balanced one-hot -> simplex ETF (NC1-NC3 against steps)",
     "seli": "imbalanced one-hot -> SELI; minority collapse against the imbalance ratio",
     "subspace-collapse": "Zhao et al.'s panels on a synthetic language of shared supports",
@@ -40,3 +21,8 @@ SUMMARIES = {
     "label-smoothing": "Guo et al.: the smoothed CE's closed-form optimum; faster, stronger NC1 and its curvature",
     "depth-low-rank": "deep linear CE UFM: collapse against lower-rank codes by depth and K (Schatten-2/F ridge)",
 }
+
+
+def module_of(name: str) -> str:
+    """The module that runs experiment ``name``."""
+    return f"experiments.{name.replace('-', '_')}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
+import sys
 import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -32,6 +34,30 @@ def parse_args(name: str, doc: str, argv: list[str] | None,
     if extra is not None:
         extra(parser)
     return parser.parse_args(argv)
+
+
+def experiment(full: Any, quick: Any, *, extra: Callable[[argparse.ArgumentParser], None] | None = None,
+               recorded: Callable[[Any, argparse.Namespace], Any] | None = None):
+    """An experiment's ``main(argv)`` from its body ``body(config, args, run) -> results``: the shared
+    options (the module's docstring as --help, its name from the module: ``seli_code`` -> ``seli-code``),
+    the config (``quick`` with --quick, else ``full``; either may be a function of the parsed args), and
+    the Run that records ``recorded(config, args)`` (default: the config) in config.json."""
+
+    def wrap(body: Callable[[Any, argparse.Namespace, "Run"], dict]) -> Callable[[list[str] | None], dict]:
+        module = sys.modules[body.__module__]
+        name = module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+
+        @functools.wraps(body)
+        def main(argv: list[str] | None = None) -> dict:
+            args = parse_args(name, module.__doc__, argv, extra)
+            choice = quick if args.quick else full
+            config = choice(args) if callable(choice) and not isinstance(choice, type) else choice
+            run = Run(name, args, recorded(config, args) if recorded else config)
+            return body(config, args, run)
+
+        return main
+
+    return wrap
 
 
 class Run:

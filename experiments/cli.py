@@ -182,11 +182,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     import importlib
 
-    from experiments import REGISTRY
+    from experiments import REGISTRY, module_of
 
     if args.name not in REGISTRY:
         raise ValueError(f"unknown experiment {args.name!r}; known: {', '.join(sorted(REGISTRY))}")
-    importlib.import_module(REGISTRY[args.name]).main(args.rest)
+    importlib.import_module(module_of(args.name)).main(args.rest)
     return 0
 
 
@@ -395,10 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(sim)
     sim.set_defaults(func=cmd_simulate)
 
-    from experiments import SUMMARIES
+    from experiments import REGISTRY
 
-    listing = "\n".join(f"  {name:21s} {what}" for name, what in SUMMARIES.items())
-    exp = sub.add_parser("experiment", help=f"run a reproduction: {', '.join(SUMMARIES)}",
+    listing = "\n".join(f"  {name:21s} {what}" for name, what in REGISTRY.items())
+    exp = sub.add_parser("experiment", help=f"run a reproduction: {', '.join(REGISTRY)}",
                          description="Run one reproduction (a figure or table of a paper); each writes "
                                      "config.json, results.json and figures to --out.",
                          epilog=f"experiments:\n{listing}\n\n`collapse experiment NAME --help` shows its options "

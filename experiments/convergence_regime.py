@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from lm_bridge.data import fetch
 from lm_bridge.report import heatmap
 from lm_bridge.finite import FiniteLMConfig, train_finite_lm
@@ -63,13 +63,16 @@ def extra(parser: argparse.ArgumentParser) -> None:
                         help="other words: end a window (drop, default), become <unk> (map), or are cut out (splice)")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("convergence-regime", __doc__, argv, extra)
-    config = QUICK if args.quick else Config()
+def with_data_options(config: Config, args) -> Config:
+    """The config with the finite contexts' options given on the command line."""
     data_options = dict(vocab_size=args.vocab, context_length=args.context_length, min_count=args.min_count,
                         unknown=args.unknown)
-    config = replace(config, **{k: v for k, v in data_options.items() if v is not None})
-    run = Run("convergence-regime", args, dict(asdict(config), corpus=args.corpus))
+    return replace(config, **{k: v for k, v in data_options.items() if v is not None})
+
+
+@experiment(lambda args: with_data_options(Config(), args), lambda args: with_data_options(QUICK, args), extra=extra,
+            recorded=lambda config, args: dict(asdict(config), corpus=args.corpus))
+def main(config: Config, args, run: Run) -> dict:
     folder = fetch(args.corpus) if args.corpus == "brown-tagged" else args.corpus
     data = word_contexts(read_tagged(folder), vocab_size=config.vocab_size, context_length=config.context_length,
                          min_count=config.min_count, unknown=config.unknown)

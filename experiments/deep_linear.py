@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm import theory
 from ufm.metrics import variability_ratio
 from ufm.stats import stats_from_features
@@ -35,10 +35,8 @@ class Config:
     steps: int = 3000
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("deep-linear", __doc__, argv)
-    config = Config(depths=(0, 1), lambdas=(2e-2,)) if args.quick else Config()
-    run = Run("deep-linear", args, config)
+@experiment(Config(), Config(depths=(0, 1), lambdas=(2e-2,)))
+def main(config: Config, args, run: Run) -> dict:
     targets, labels, K = one_hot(list(config.counts)), np.repeat(np.arange(len(config.counts)), config.counts), len(config.counts)
 
     def fit(depth: int, lam: float):

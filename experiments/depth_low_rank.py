@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy.special import logsumexp
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm.low_rank import CODES, code_objective, effective_rank, numerical_rank, schatten_cost
 from ufm.targets import one_hot
 from ufm.train import train_ufm
@@ -97,10 +97,8 @@ def unregularized_rows(config: Config, args) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("depth-low-rank", __doc__, argv)
-    config = QUICK if args.quick else Config()
-    run = Run("depth-low-rank", args, config)
+@experiment(Config(), QUICK)
+def main(config: Config, args, run: Run) -> dict:
     closed = closed_form_rows(config)
     for K in config.closed_form_classes:
         rows = [r for r in closed if r["K"] == K]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 
-from experiments._common import Run, floored, floored_label, parse_args
+from experiments._common import Run, experiment, floored, floored_label
 from ufm.targets import one_hot
 from ufm.train import train_ufm
 
@@ -29,10 +29,8 @@ class Config:
     snapshots: int = 30
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("etf", __doc__, argv)
-    config = Config(steps=2000) if args.quick else Config()
-    run = Run("etf", args, config)
+@experiment(Config(), Config(steps=2000))
+def main(config: Config, args, run: Run) -> dict:
     result = train_ufm(one_hot([config.per_class] * config.num_classes), config.dim,
                        weight_decay=config.weight_decay, steps=config.steps, device=args.device,
                        seed=args.seed, snapshots=config.snapshots, track_metrics=True, progress=True)

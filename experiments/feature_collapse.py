@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm.convex import ntp_svm
 from ufm.feature_collapse import FeatureTask, feature_measures, make_task, train_feature_collapse
 from ufm.targets import synonym_language
@@ -53,13 +53,14 @@ def synonym_measures(words: np.ndarray, groups: np.ndarray, freq: np.ndarray) ->
                 norm_freq_spearman=raw["norm_freq_spearman"])
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("feature-collapse", __doc__, argv, lambda p: p.add_argument(
-        "--size", choices=["cpu", "paper"], default="cpu", help="cpu (default) or paper (the paper's size, for a GPU)"))
-    config = PAPER if args.size == "paper" else Config()
-    if args.quick:
-        config = replace(config, epochs=200, eval_every=100, ufm_steps=2000)
-    run = Run("feature-collapse", args, config)
+def sized(args) -> Config:
+    return PAPER if args.size == "paper" else Config()
+
+
+@experiment(sized, lambda args: replace(sized(args), epochs=200, eval_every=100, ufm_steps=2000),
+            extra=lambda p: p.add_argument("--size", choices=["cpu", "paper"], default="cpu",
+                                           help="cpu (default) or paper (the paper's size, for a GPU)"))
+def main(config: Config, args, run: Run) -> dict:
 
     regimes = {}
     for freq in ("uniform", "zipf"):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm.convex import ntp_svm_result
 from ufm.targets import random_supports
 from ufm.train import train_ufm
@@ -41,10 +41,8 @@ class Config:
     snapshots: int = 80
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("implicit-bias", __doc__, argv)
-    config = Config(steps=10_000, snapshots=40) if args.quick else Config()
-    run = Run("implicit-bias", args, config)
+@experiment(Config(), Config(steps=10_000, snapshots=40))
+def main(config: Config, args, run: Run) -> dict:
     targets = random_supports(config.num_contexts, config.vocab_size, config.support_size, probs="zipf",
                               seed=args.seed + 1)
     svm = ntp_svm_result(targets.support())  # a ConvexInaccurateWarning is recorded in the results too

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm.losses import Batch, CrossEntropy
 from ufm.model import TargetTensors
 from ufm.smoothing import nc1_rate, smoothed_etf, smoothed_etf_factors, within_class_curvature
@@ -117,10 +117,8 @@ def run_eps(config: Config, eps: float, args) -> dict:
                                 etf_error=etf.tolist()))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("label-smoothing", __doc__, argv)
-    config = QUICK if args.quick else Config()
-    run = Run("label-smoothing", args, config)
+@experiment(Config(), QUICK)
+def main(config: Config, args, run: Run) -> dict:
     rows = [run_eps(config, eps, args) for eps in config.eps]
     for r in rows:
         cf = r["closed_form"]

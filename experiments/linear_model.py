@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, floored, floored_label, parse_args
+from experiments._common import Run, experiment, floored, floored_label
 from ufm.convex import linear_finite_component, linear_ntp_svm
 from ufm.targets import random_supports
 from ufm.train import train_ufm
@@ -31,10 +31,8 @@ class Config:
     snapshots: int = 20
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("linear-model", __doc__, argv)
-    config = Config(steps=3000, snapshots=10) if args.quick else Config()
-    run = Run("linear-model", args, config)
+@experiment(Config(), Config(steps=3000, snapshots=10))
+def main(config: Config, args, run: Run) -> dict:
     targets = random_supports(config.contexts, config.vocab, config.support, probs="zipf", seed=args.seed)
     H = np.random.default_rng(args.seed).standard_normal((config.dim, config.contexts))  # (d, m)
     w_mm = linear_ntp_svm(targets.support(), H).solution  # (V, d)

@@ -29,7 +29,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run
+from experiments._common import Run, experiment
 from lm_bridge.analysis import analyze_table
 from ufm.io import write_jsonl
 
@@ -119,25 +119,15 @@ def _train_one(job):
     return [asdict(r) for r in train_clm(spec, tok, train, val, out, device=device, progress=False)]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    import argparse
-
+@experiment(lambda args: load_grid(args.grid), lambda args: load_grid("quick"),
+            extra=lambda p: p.add_argument("--grid", default="small",
+                                           help="small | large | quick | a JSON file of GridConfig keys"))
+def main(grid: GridConfig, args, run: Run) -> dict:
     from lm_bridge.collect import CollectConfig, measure_model
     from lm_bridge.data import open_corpus
     from lm_bridge.models import load_model
     from lm_bridge.tokenizer import corpus_tokenizer
     from ufm._validate import resolve_device
-
-    parser = argparse.ArgumentParser(prog="collapse experiment linguistic-collapse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grid", default="small", help="small | large | quick | a JSON file of GridConfig keys")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "linguistic-collapse")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="the quick grid (smoke test)")
-    args = parser.parse_args(argv)
-    grid = load_grid("quick" if args.quick else args.grid)
-    run = Run("linguistic-collapse", args, grid)
 
     corpus = open_corpus(grid.corpus)
     train, val = corpus.split()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm import theory
 from ufm.targets import mixup_pairs
 from ufm.train import train_ufm
@@ -29,10 +29,8 @@ class Config:
     steps: int = 3000
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("mixup", __doc__, argv)
-    config = Config(lambdas=(0.1, 0.4, 0.6, 0.9)) if args.quick else Config()
-    run = Run("mixup", args, config)
+@experiment(Config(), Config(lambdas=(0.1, 0.4, 0.6, 0.9)))
+def main(config: Config, args, run: Run) -> dict:
     targets, rows = mixup_pairs(config.num_classes, config.lambdas)
     r = train_ufm(targets, config.dim, weight_decay=0.0, feature_decay=config.feature_decay, classifier="etf",
                   steps=config.steps, optimizer="gd", device=args.device, seed=args.seed, snapshots=[])

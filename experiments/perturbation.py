@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm.metrics import variability_ratio
 from ufm.perturbation import anchor_response, block_singular_values, theorem_4_2, toolkit_units
 from ufm.stats import stats_from_features
@@ -97,10 +97,8 @@ def corollary_rows(config: Config, args) -> tuple[float, list[dict]]:
     return base, rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("perturbation", __doc__, argv)
-    config = QUICK if args.quick else Config()
-    run = Run("perturbation", args, config)
+@experiment(Config(), QUICK)
+def main(config: Config, args, run: Run) -> dict:
     theorem = theorem_rows(config)
     for r in theorem:
         print(f"(a) beta {r['beta']:g}: F_kk singular values {r['same_min']:.6f}..{r['same_max']:.6f} (theory "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm.convex import LogitsProblem, ntp_svm_result
 from ufm.targets import random_supports
 from ufm.theory import gram_cosine, project_f, sparse_component
@@ -33,10 +33,8 @@ class Config:
     ufm_steps: int = 20_000  # default optimizer (Adam, cosine schedule)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("regularization-path", __doc__, argv)
-    config = Config(ufm_lambdas=(1e-2,), ufm_steps=3000) if args.quick else Config()
-    run = Run("regularization-path", args, config)
+@experiment(Config(), Config(ufm_lambdas=(1e-2,), ufm_steps=3000))
+def main(config: Config, args, run: Run) -> dict:
     targets = random_supports(config.num_contexts, config.vocab_size, config.support_size, probs="zipf",
                               seed=args.seed + 1)
     S, l_in = targets.support(), sparse_component(targets)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from lm_bridge.report import heatmap
 from ufm.targets import one_hot
 from ufm.theory import cosine_matrix, gram_cosine, gram_to_cosines, seli
@@ -48,10 +48,8 @@ def pair_mean(c: np.ndarray) -> float:
     return float(c[np.triu_indices(len(c), 1)].mean())
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("seli", __doc__, argv)
-    config = Config(steps=1000, ratios=(1, 10, 100), minority_steps=8000, saturating_steps=800) if args.quick else Config()
-    run = Run("seli", args, config)
+@experiment(Config(), Config(steps=1000, ratios=(1, 10, 100), minority_steps=8000, saturating_steps=800))
+def main(config: Config, args, run: Run) -> dict:
     grams = seli(config.counts)
     result = train_ufm(
         one_hot(list(config.counts)), config.dim, weight_decay=config.weight_decay, steps=config.steps,

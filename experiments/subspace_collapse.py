@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments._common import Run, parse_args
+from experiments._common import Run, experiment
 from lm_bridge.report import heatmap
 from ufm.convex import LogitsProblem, ntp_svm_result
 from ufm.targets import random_supports
@@ -43,10 +43,8 @@ class Config:
     snapshots: int = 25
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args("subspace-collapse", __doc__, argv)
-    config = Config(steps=2000, snapshots=8) if args.quick else Config()
-    run = Run("subspace-collapse", args, config)
+@experiment(Config(), Config(steps=2000, snapshots=8))
+def main(config: Config, args, run: Run) -> dict:
     targets = random_supports(config.num_contexts, config.vocab_size, config.support_size, probs="zipf",
                               num_patterns=config.num_patterns, seed=args.seed)
     # Order contexts by support pattern so that blocks show in the heatmaps.
