@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ufm._validate import resolve_device
+from ufm.validate import resolve_device
 from ufm.pairwise import pairwise_sweep
 
 

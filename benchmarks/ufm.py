@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from ufm._validate import resolve_device
+from ufm.validate import resolve_device
 from ufm.targets import random_supports
 from ufm.train import train_ufm
 

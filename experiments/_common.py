@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from lm_bridge.report import save_figure  # noqa: E402
+from ufm.report import save_figure  # noqa: E402
 from ufm.io import write_json  # noqa: E402
 
 

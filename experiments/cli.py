@@ -26,13 +26,13 @@ from ufm.presets import PRESETS
 
 
 def resolve_device(device: str):
-    from ufm._validate import resolve_device as resolve
+    from ufm.validate import resolve_device as resolve
 
     return resolve(device)
 
 
 def format_table(rows):
-    from lm_bridge.report import format_table as fmt
+    from ufm.report import format_table as fmt
 
     return fmt(rows)
 
@@ -308,7 +308,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ufm.io import atomic_write
 
-    from lm_bridge.analysis import analysis_figures, analyze_table, read_table
+    from ufm.analysis import analysis_figures, analyze_table, read_table
 
     rows = read_table(args.table)
     ratios = {}

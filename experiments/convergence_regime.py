@@ -28,7 +28,7 @@ import numpy as np
 
 from experiments._common import Run, experiment
 from lm_bridge.data import fetch
-from lm_bridge.report import heatmap
+from ufm.report import heatmap
 from lm_bridge.finite import FiniteLMConfig, train_finite_lm
 from lm_bridge.words import read_tagged, word_contexts
 from ufm import convex

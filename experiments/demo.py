@@ -14,14 +14,15 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ufm._validate import resolve_device
+from ufm.validate import resolve_device
 from ufm.io import atomic_write, write_json
 
-from lm_bridge.collect import CollectConfig, measure_model
+from lm_bridge.collect import CollectConfig
+from lm_bridge.measure import measure_model
 from lm_bridge.compare import CompareConfig, compare_model, render_report
 from lm_bridge.data import open_corpus
 from lm_bridge.models import load_model
-from lm_bridge.report import (NC1_TRACE_NOTE, etf_error_reading, format_table, measure_figures,
+from ufm.report import (NC1_TRACE_NOTE, etf_error_reading, format_table, measure_figures,
                               random_means_etf_error)
 from lm_bridge.tokenizer import corpus_tokenizer
 from lm_bridge.train import TrainSpec, train_clm

@@ -4,7 +4,7 @@ A grid of GPT-Neo CLMs (depth x width, weight decay, seeds; every epoch's checkp
 model) is trained on a corpus (default: Shakespeare, `collapse data fetch shakespeare`), each is
 measured in one pass over its training text (classes = next tokens) and NC4 on the validation text,
 and each collapse metric is set against validation loss with `collapse analyze`'s code
-(lm_bridge.analysis): R^2 of a linear fit and Spearman's rho over all checkpoints and over the runs'
+(ufm.analysis): R^2 of a linear fit and Spearman's rho over all checkpoints and over the runs'
 means (the epochs of one run are not independent), and a permutation test over the seeds of one
 architecture. The table of models is written as models.jsonl (feed it to `collapse analyze`).
 
@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._common import Run, experiment
-from lm_bridge.analysis import analyze_table
+from ufm.analysis import analyze_table
 from ufm.io import write_jsonl
 
 # metric key -> (label, transform, direction Wu & Papyan report as loss falls, their R^2)
@@ -123,11 +123,12 @@ def _train_one(job):
             extra=lambda p: p.add_argument("--grid", default="small",
                                            help="small | large | quick | a JSON file of GridConfig keys"))
 def main(grid: GridConfig, args, run: Run) -> dict:
-    from lm_bridge.collect import CollectConfig, measure_model
+    from lm_bridge.collect import CollectConfig
+    from lm_bridge.measure import measure_model
     from lm_bridge.data import open_corpus
     from lm_bridge.models import load_model
     from lm_bridge.tokenizer import corpus_tokenizer
-    from ufm._validate import resolve_device
+    from ufm.validate import resolve_device
 
     corpus = open_corpus(grid.corpus)
     train, val = corpus.split()

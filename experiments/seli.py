@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._common import Run, experiment
-from lm_bridge.report import heatmap
+from ufm.report import heatmap
 from ufm.targets import one_hot
 from ufm.theory import cosine_matrix, gram_cosine, gram_to_cosines, seli
 from ufm.train import train_ufm

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments._common import Run, experiment
-from lm_bridge.report import heatmap
+from ufm.report import heatmap
 from ufm.convex import LogitsProblem, ntp_svm_result
 from ufm.targets import random_supports
 from ufm.theory import (centered_support, cosine_matrix, factor, gram_to_cosines, offdiag_correlation,

@@ -1,4 +1,5 @@
-"""Collapse Lab's bridge to real causal language models: load, stream, collect, train, compare.
+"""Collapse Lab's bridge to real causal language models: load, stream, collect, measure, train, compare,
+and the finite contexts of real text with the transformer trained on them.
 
 Names are loaded on first use (PEP 562): ``import lm_bridge`` loads neither torch nor transformers
 until a name that needs them is asked for.
@@ -8,10 +9,6 @@ from ufm._lazy import lazy_names
 
 # public name -> the module that defines it
 _NAMES = {
-    "TableAnalysis": "analysis",
-    "TableError": "analysis",
-    "analyze_table": "analysis",
-    "read_table": "analysis",
     "CollectConfig": "collect",
     "CollectError": "collect",
     "CollectResult": "collect",
@@ -26,7 +23,9 @@ _NAMES = {
     "fetch": "data",
     "open_corpus": "data",
     "MeasureOptions": "measure",
+    "Measurement": "measure",
     "measure_folder": "measure",
+    "measure_model": "measure",
     "measure_series": "measure",
     "LoadedModel": "models",
     "ModelLoadError": "models",

@@ -13,16 +13,16 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ufm import PRESETS, ClassStats, CollapseMetrics, NC4Accumulator, StatsAccumulator, collapse_metrics
+from ufm import ClassStats, NC4Accumulator, StatsAccumulator
 from ufm.stats import StatsFileError, load_accumulators, save_accumulators
-from ufm._validate import free_memory
+from ufm.validate import free_memory
 from ufm.threads import threads_for
 
 from .corpus import Corpus, token_blocks
@@ -333,21 +333,3 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
         loss_total, loss_count, n_correct = float(sums[0]), int(sums[1]), int(sums[2])
     return NC4Result(accs[FINAL].compute(), accs[FINAL].total, positions, loss_total / max(loss_count, 1),
                      n_correct / max(loss_count, 1), {i: accs[i].compute() for i in layer_stats})
-
-
-@dataclass
-class Measurement:
-    stats: ClassStats  # of the training text
-    metrics: CollapseMetrics  # with the preset's options and the model's classifier
-    nc4: NC4Result  # on the held-out text
-
-
-def measure_model(loaded: LoadedModel, train: Corpus, heldout: Corpus, config: CollectConfig, *,
-                  heldout_tokens: int | None = None, preset: str = "lc2024") -> Measurement:
-    """Statistics in one pass over ``train``, collapse metrics with a preset, NC4 on ``heldout``."""
-    stats = collect_stats(loaded, train, config, progress=False).stats
-    metrics = collapse_metrics(stats, loaded.classifier(), **PRESETS[preset])
-    nc4_config = config if heldout_tokens is None else replace(config, max_tokens=heldout_tokens)
-    nc4 = collect_nc4(loaded, heldout, stats, nc4_config, min_count=metrics.options["min_count"],
-                      positions=NC4_POSITIONS.get(preset, "all"), progress=False)
-    return Measurement(stats, metrics, nc4)

@@ -38,7 +38,7 @@ from .collect import batches, forward_features, labelled_positions  # noqa: E402
 from .corpus import Corpus, token_blocks  # noqa: E402
 from .measure import model_label  # noqa: E402
 from .models import LoadedModel, capture_unembedding_input  # noqa: E402
-from .report import (etf_error_reading, heatmap, random_means_etf_error, restrict_classes, save_figure,  # noqa: E402
+from ufm.report import (etf_error_reading, heatmap, random_means_etf_error, restrict_classes, save_figure,  # noqa: E402
                      shuffled_correlation)
 
 

@@ -21,18 +21,38 @@ from pathlib import Path
 from typing import Any
 
 import ufm
+from ufm import PRESETS, ClassStats, CollapseMetrics, collapse_metrics
 from ufm.io import atomic_write, folder_lock, write_json
+from ufm.report import measure_figures, metric_panels
 
-from .collect import (CollectConfig, CollectError, _rank_world, collect_nc4, collect_stats, layer_name,
-                      resolve_layers, state_bytes)
+from .collect import (NC4_POSITIONS, CollectConfig, CollectError, NC4Result, _rank_world, collect_nc4, collect_stats,
+                      layer_name, resolve_layers, state_bytes)
 from .corpus import Corpus
 from .models import LoadedModel, load_model, tokenizer_identity
-from .report import measure_figures, metric_panels
 
 # Metrics drawn against depth and against step (key, label, log scale).
 PANELS = [("cdnv_mean", "CDNV (NC1)", True), ("nc1_trace_ratio", "Tr(S_W S_B^+)/K (NC1)", True),
           ("cos_std", "std of pair cosines (NC2)", False), ("log_norm_cov", "CoV of log norms (NC2)", False),
           ("etf_error", "ETF error (NC2)", False), ("gnc_log_std", "std of log kernel (GNC2)", False)]
+
+
+@dataclass
+class Measurement:
+    stats: ClassStats  # of the training text
+    metrics: CollapseMetrics  # with the preset's options and the model's classifier
+    nc4: NC4Result  # on the held-out text
+
+
+def measure_model(loaded: LoadedModel, train: Corpus, heldout: Corpus, config: CollectConfig, *,
+                  heldout_tokens: int | None = None, preset: str = "lc2024") -> Measurement:
+    """Statistics in one pass over ``train``, collapse metrics with a preset, NC4 on ``heldout``."""
+    stats = collect_stats(loaded, train, config, progress=False).stats
+    metrics = collapse_metrics(stats, loaded.classifier(), **PRESETS[preset])
+    nc4_config = config if heldout_tokens is None else replace(config, max_tokens=heldout_tokens)
+    nc4 = collect_nc4(loaded, heldout, stats, nc4_config, min_count=metrics.options["min_count"],
+                      positions=NC4_POSITIONS.get(preset, "all"), progress=False)
+    return Measurement(stats, metrics, nc4)
+
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ufm._validate import check_positive_int, resolve_device
+from ufm.validate import check_positive_int, resolve_device
 from ufm.io import atomic_directory, atomic_write, load_state
 from ufm.threads import threads_for
 

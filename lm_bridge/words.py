@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ufm._validate import check_positive_int
+from ufm.validate import check_positive_int
 from ufm.targets import NTPTargets, from_transitions
 
 from .corpus import CorpusError

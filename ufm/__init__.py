@@ -11,6 +11,11 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _NAMES = {
     "PRESETS": "presets",
+    "TableAnalysis": "analysis",
+    "TableError": "analysis",
+    "analyze_table": "analysis",
+    "read_table": "analysis",
+    "resolve_device": "validate",
     "ClassTable": "classes",
     "class_table": "classes",
     "metrics_and_classes": "classes",
@@ -27,6 +32,7 @@ _NAMES = {
     "StatsFileError": "stats",
     "stats_from_features": "stats",
     "NTPTargets": "targets",
+    "FitOptions": "fit",
     "TrainConfig": "train",
     "UFMResult": "train",
     "train_ufm": "train",

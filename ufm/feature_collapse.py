@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from ._validate import check_positive_int, resolve_device
+from .validate import check_positive_int, resolve_device
 from .metrics import collapse_metrics
 from .stats import stats_from_features
 from .threads import threads_for

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._validate import check_positive_int, free_memory, resolve_device
+from .validate import check_positive_int, free_memory, resolve_device
 from .io import atomic_write, load_state
 from .classifiers import Classifier, LearnedClassifier, Words
 from .features import FeatureModel, FreeH, as_matrix

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._validate import as_tensor, check_finite, check_positive_int, check_shape
+from .validate import as_tensor, check_finite, check_positive_int, check_shape
 from .pairwise import PairwiseResult, pairwise_sweep
 from .presets import PRESETS
 from .stats import ClassStats

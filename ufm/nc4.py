@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validate import as_tensor, check_finite, check_labels, check_positive_int, check_shape
+from .validate import as_tensor, check_finite, check_labels, check_positive_int, check_shape
 from .stats import ClassStats
 
 # Scores are computed for (batch x class-tile) blocks of at most this many float64 entries.

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._validate import as_tensor, check_finite, check_labels, check_positive_int, check_shape
+from .validate import as_tensor, check_finite, check_labels, check_positive_int, check_shape
 from .io import atomic_write
 
 FORMAT_NAME = "collapse-lab/class-stats"

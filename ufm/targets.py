@@ -15,7 +15,7 @@ from functools import cached_property
 import networkx as nx
 import numpy as np
 
-from ._validate import check_positive_int
+from .validate import check_positive_int
 
 _SUM_TOL = 1e-6  # a distribution's entries must sum to 1 within this
 

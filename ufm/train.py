@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ._validate import check_positive_int
+from .validate import check_positive_int
 from .classifiers import FixedClassifier, LearnedClassifier
 from .features import FEATURE_MODELS, FeatureModel, FixedH, FreeH, LayerNormH, Perturbed, SphereH
 from .fit import DEFAULT_LR, FitOptions, Optimizer, UFMResult, fit

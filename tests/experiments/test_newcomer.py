@@ -152,7 +152,7 @@ def test_measure_takes_corpus_names(tiny_models, tiny_corpus, tmp_path, monkeypa
 
 
 def test_etf_error_reading_places_a_value_between_the_floor_and_random():
-    from lm_bridge.report import etf_error_reading
+    from ufm.report import etf_error_reading
 
     # The demo's numbers: K' = 1669 classes in D = 64, random means 1.271, the model 1.381.
     floor = math.sqrt(2 - 2 * math.sqrt(64 / 1668))

@@ -417,7 +417,7 @@ def test_measure_figures_plot_the_right_data(monkeypatch, tmp_path):
     (log10, diagonal blank), the norms against counts, the NC3 cosines (independent numpy)."""
     import matplotlib.axes
 
-    from lm_bridge.report import measure_figures
+    from ufm.report import measure_figures
 
     rng = np.random.default_rng(0)
     k, d = 12, 5
@@ -464,7 +464,7 @@ def other_tokens(loaded, corpus) -> int:
 
 def test_measure_model_is_stats_metrics_and_nc4_with_the_preset(tiny_models, tiny_corpus):
     """measure_model, the demo's and the grid's one call, against its three parts run by hand."""
-    from lm_bridge.collect import measure_model
+    from lm_bridge.measure import measure_model
 
     loaded = load_model(tiny_models["gpt2"])
     train, heldout = Corpus.open(tiny_corpus), Corpus.open(tiny_corpus / "doc0.txt")

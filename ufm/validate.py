@@ -1,4 +1,5 @@
-"""Input checks shared by the statistics, the metrics and the simulator: one message per problem."""
+"""Input checks and the device choice, shared by every package (ufm, lm_bridge, the command line): one
+message per problem."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ufm import ClassStats  # noqa: E402
-from ufm.io import atomic_write  # noqa: E402
+from .stats import ClassStats  # noqa: E402
+from .io import atomic_write  # noqa: E402
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -38,7 +38,7 @@ def heatmap(ax, matrix: np.ndarray, title: str, items: str = "item") -> None:
 def class_geometry(stats: ClassStats, classifier: torch.Tensor | None, *, center: str = "uniform",
                    min_count: int = 1) -> dict[str, np.ndarray]:
     """Per kept class: id, count, ||m_c|| and cos(w_c, m_c) (NaN without a classifier), as arrays."""
-    from ufm.metrics import MetricOptions, kept_classes
+    from .metrics import MetricOptions, kept_classes
 
     c = kept_classes(stats, classifier, MetricOptions(center=center, min_count=min_count))
     dual = c.dual_vectors()[1] if c.classifier is not None else torch.full_like(c.norms, float("nan"))
@@ -58,7 +58,7 @@ def cdnv_matrix(stats: ClassStats, ids: np.ndarray, power: float = 2.0) -> np.nd
 def random_means_etf_error(num_classes: int, dim: int, seed: int = 0) -> float:
     """The ETF error of K Gaussian class means in R^D: what no collapse at all looks like (~sqrt(2)
     when K is large), the baseline next to a measured ETF error."""
-    from ufm import collapse_metrics, stats_from_features
+    from . import collapse_metrics, stats_from_features
 
     means = np.random.default_rng(seed).normal(size=(num_classes, dim))
     return collapse_metrics(stats_from_features(means, np.arange(num_classes), num_classes)).etf_error
@@ -75,7 +75,7 @@ def etf_error_reading(value: float, num_classes: int, dim: int, random: float) -
     """Where a measured ETF error sits between the best any D-dimensional arrangement of K means can
     do (``theory.etf_error_floor``) and random means (``random``): a fraction from 0 (the floor) to 1
     (random) when it lies between them, else by how much it is worse than random."""
-    from ufm.theory import etf_error_floor
+    from .theory import etf_error_floor
 
     floor = etf_error_floor(num_classes, dim)
     scale = (f"floor {floor:.3f} (the best {num_classes} means can do in D = {dim}), random means "
@@ -91,7 +91,7 @@ def etf_error_reading(value: float, num_classes: int, dim: int, random: float) -
 def shuffled_correlation(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
     """The off-diagonal correlation of two (n, n) maps after relabelling the items of ``b`` at
     random: the control that a structural correlation must beat."""
-    from ufm.theory import offdiag_correlation
+    from .theory import offdiag_correlation
 
     perm = np.random.default_rng(seed).permutation(len(b))
     return offdiag_correlation(a, b[np.ix_(perm, perm)])

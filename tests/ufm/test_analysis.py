@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from lm_bridge.analysis import TableError, analyze_table, permutation_p, read_table
+from ufm.analysis import TableError, analyze_table, permutation_p, read_table
 from experiments.cli import main
 
 LC_TABLE = Path(__file__).resolve().parents[2] / "data" / "lc-2024_05_18.csv"
@@ -240,7 +240,7 @@ def test_a_long_table_is_tested_in_batches_within_memory(tmp_path):
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (600 << 20, 600 << 20))\n"
         "import numpy as np\n"
-        "from lm_bridge.analysis import permutation_p\n"
+        "from ufm.analysis import permutation_p\n"
         "y = np.random.default_rng(0).normal(size=100_000)\n"
         "x = y + np.random.default_rng(1).normal(size=100_000)\n"
         "print(permutation_p(x, y, 300, 0)[0])\n")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import lm_bridge.report as report
+import ufm.report as report
 from lm_bridge.measure import step_label
 from tests.figures import figure_problems
 from ufm import stats_from_features
