@@ -11,6 +11,7 @@ the ranks' accumulators are merged in rank order (the same Chan merge as batches
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ufm import ClassStats, NC4Accumulator, StatsAccumulator
 from ufm.stats import StatsFileError, load_accumulators, save_accumulators
-from ufm.validate import free_memory
+from ufm.validate import free_memory, resolve_device
 from ufm.threads import threads_for
 
 from .corpus import Corpus, token_blocks
@@ -333,3 +334,15 @@ def collect_nc4(loaded: LoadedModel, corpus: Corpus, stats: ClassStats, config: 
         loss_total, loss_count, n_correct = float(sums[0]), int(sums[1]), int(sums[2])
     return NC4Result(accs[FINAL].compute(), accs[FINAL].total, positions, loss_total / max(loss_count, 1),
                      n_correct / max(loss_count, 1), {i: accs[i].compute() for i in layer_stats})
+
+
+def init_distributed(device: str) -> tuple[int, int, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; return (rank, world, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    use_cuda = resolve_device(device).type == "cuda"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return dist.get_rank(), world, device

@@ -27,6 +27,16 @@ class ModelLoadError(ValueError):
     """A model directory that does not exist, is not a causal LM, or does not fit its tokenizer."""
 
 
+def require_model_dirs(paths) -> None:
+    """Refuse, naming the fix, a folder that is not a model directory (no config.json); when it holds
+    model folders (a training run's epochs), say which."""
+    for path in map(Path, paths):
+        if not (path / "config.json").is_file() and path.is_dir():
+            subs = sorted(p.name for p in path.iterdir() if (p / "config.json").is_file())
+            hint = f"; it holds the model folders {', '.join(subs)} (e.g. {path / subs[-1]})" if subs else ""
+            raise ModelLoadError(f"{path} is not a model directory (no config.json){hint}")
+
+
 # Files that make a tokenizer; a directory with none of them gets no tokenizer (transformers would
 # otherwise build a near-empty one and measure nonsense).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model", "vocab.txt", "spiece.model")

@@ -78,6 +78,18 @@ class TableAnalysis:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def caption(self, table: str, *, draws: int, seed: int) -> str:
+        """What the table shows, in words: the fit, the tests, the grouping and what was left out."""
+        text = (f"Each metric against {self.loss} over {self.n_rows} models of {table}: R^2 of the least-squares "
+                f"line, Pearson r, Spearman rho with a permutation p-value ({draws} draws, seed {seed}; exact when "
+                "n! <= draws).")
+        if self.group:
+            text += (f" Rows grouped by {self.group} ({self.num_groups} groups): R^2 and rho also over the groups' "
+                     "means, since rows of one group are not independent.")
+        if self.left_out:
+            text += " Not analysed (not numeric): " + ", ".join(f"{k} ({v})" for k, v in self.left_out.items()) + "."
+        return text
+
     def markdown(self, reference: dict[str, float] | None = None) -> str:
         """A table a paper could use; ``reference`` adds a column of published R^2 values."""
         grouped = self.group is not None
