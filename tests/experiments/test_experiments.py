@@ -37,7 +37,7 @@ def test_quick_implicit_bias_shows_what_its_docstring_promises(tmp_path):
     drift = np.array(r["balance_drift"]) / np.array(r["w_norm"]) ** 2
     assert drift[-1] < 1e-3  # W^T W - H H^T conserved up to the discretization
     # What the slope does not show yet: the intercept ||L_t||_* - ||L_mm||_* ln t still grows; the
-    # direction of the whole logits converges (cos from the monitor's mm_dist, checked against numpy in test_fidelity).
+    # direction of the whole logits converges (cos from the monitor's mm_dist, checked against numpy in tests/ufm/test_fit.py).
     intercepts = [d["intercept"] for d in r["decade_slopes"]]
     assert all(b > a for a, b in zip(intercepts, intercepts[1:]))
     whole = np.array(r["cos_logits"])

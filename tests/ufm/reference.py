@@ -99,3 +99,19 @@ def naive_nc4(h, pred, means, kept, labels=None):
         h, pred = h[sel], pred[sel]
     d = ((h[:, None, :] - np.asarray(means)[None, kept, :]) ** 2).sum(-1)
     return float(np.mean(kept[d.argmin(1)] == pred))
+
+
+def within_over_between(H: np.ndarray, labels: np.ndarray) -> float:
+    """Tr S_W / Tr S_B, written out here (no ufm code)."""
+    means = class_means(H, labels)
+    sw = ((H - means[labels].T) ** 2).sum() / H.shape[1]
+    sb = ((means - means.mean(0)) ** 2).sum() / len(means)
+    return sw / sb
+
+
+def offdiag(G: np.ndarray) -> float:
+    return float(np.abs(G - np.diag(np.diag(G))).max())
+
+
+def class_means(H: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.stack([H[:, labels == k].mean(1) for k in range(labels.max() + 1)])  # (K, d)

@@ -6,18 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from tests.conftest import requires_cuda
-from ufm import collapse_metrics
-from ufm.convex import (ConvexSolveError, LogitsProblem, linear_finite_component, linear_ntp_svm,
-                        ntp_svm, ntp_svm_result)
-from ufm import theory
-from ufm.convex import hull_distances
-from ufm.targets import NTPTargets, one_hot, random_supports
-from ufm.theory import (centered_support, gram_cosine, one_hot_lmm, project_f, seli, simplex_etf,
-                        simplex_etf_gram, sparse_component, subspace_collapse_ratio, support_certificate)
+from tests.ufm.reference import class_means, offdiag, within_over_between
+from ufm import collapse_metrics, theory
+from ufm.convex import (ConvexSolveError, LogitsProblem, hull_distances, linear_finite_component,
+                        linear_ntp_svm, ntp_svm, ntp_svm_result)
+from ufm.targets import NTPTargets, mixup_pairs, one_hot, random_supports
+from ufm.theory import (centered_support, factor, gram_cosine, one_hot_lmm, project_f, seli, simplex_etf,
+                        simplex_etf_gram, sparse_component, subspace_collapse, subspace_collapse_ratio,
+                        support_certificate)
 from ufm.train import train_ufm
 
 SMALL = dict(device="cpu", snapshots=3)
@@ -340,3 +339,223 @@ def test_etf_error_floor_is_attained_and_never_beaten():
     with pytest.raises(ValueError, match="need K >= 2 classes and D >= 1"):
         etf_error_floor(1, 4)
 
+
+COUNTS = [40, 40, 10, 10, 3]
+
+
+LABELS = np.repeat(np.arange(len(COUNTS)), COUNTS)
+
+
+def test_imbalanced_mse_frame_numbers():
+    f = theory.imbalanced_mse_frame(COUNTS, 1e-3)
+    # sqrt(n_k) - N lambda with N = 103, written out.
+    np.testing.assert_allclose(f.s2, [math.sqrt(40) - 0.103] * 2 + [math.sqrt(10) - 0.103] * 2 + [math.sqrt(3) - 0.103])
+    np.testing.assert_allclose(f.s2, [6.221555, 6.221555, 3.059278, 3.059278, 1.629051], atol=5e-7)
+    g = theory.imbalanced_mse_frame(COUNTS, 2e-2)
+    assert g.collapsed.tolist() == [False, False, False, False, True] and g.s2[-1] == 0.0
+
+
+@pytest.mark.parametrize("lam", [1e-3, 2e-2])
+def test_mse_ufm_converges_to_the_imbalanced_frame(lam):
+    r = train_ufm(one_hot(COUNTS), 8, loss="mse", weight_decay=lam, steps=3000, optimizer="gd", device="cpu",
+                  snapshots=[3000])
+    f = theory.imbalanced_mse_frame(COUNTS, lam)
+    G = (r.W @ r.W.T).numpy()
+    assert offdiag(G) < 1e-3
+    live = ~f.collapsed
+    np.testing.assert_allclose(np.diag(G)[live], f.s2[live], rtol=1e-3)
+    assert np.all(np.diag(G)[f.collapsed] < 1e-6)  # lambda = 2e-2: the n = 3 class is gone
+    means = class_means(r.H.numpy(), LABELS)
+    np.testing.assert_allclose(np.diag(means @ means.T)[live], f.feature_gram[live], rtol=1e-3)
+    np.testing.assert_allclose(np.diag(r.W.numpy() @ means.T)[live], f.logits[live], rtol=1e-3)
+
+
+def test_deep_linear_frame_is_the_same_in_every_layer():
+    """Dang et al.: NC1 in every layer and the orthogonal frame in every layer; the diagonals come
+    from the per-class scalar problem (theory.imbalanced_mse_frame(depth=2), scipy)."""
+    r = train_ufm(one_hot(COUNTS), 8, loss="mse", weight_decay=1e-3, features="deep_linear", depth=2,
+                  steps=3000, optimizer="gd", device="cpu", snapshots=[3000])
+    f = theory.imbalanced_mse_frame(COUNTS, 1e-3, depth=2)
+    layers = [h.numpy() for h in r.layer_features()]
+    assert len(layers) == 3
+    for layer, predicted in zip(layers, f.layer_means):
+        means = class_means(layer, LABELS)
+        assert within_over_between(layer, LABELS) < 1e-8  # NC1
+        assert offdiag(theory.cosine_matrix(means)) < 1e-6  # orthogonal class means
+        np.testing.assert_allclose(np.diag(means @ means.T), predicted, rtol=1e-4)
+    G = (r.W @ r.W.T).numpy()
+    assert offdiag(G) < 1e-6
+    np.testing.assert_allclose(np.diag(G), f.s2, rtol=1e-4)
+    # Depth shrinks the frame: each extra factor pays its own ridge.
+    assert np.all(f.s2 < theory.imbalanced_mse_frame(COUNTS, 1e-3).s2)
+
+
+def test_depth_zero_scalar_problem_equals_the_closed_form():
+    """The scalar problem the deep frame solves, run at depth 0, recovers the closed form."""
+    from ufm.theory import _deep_class_logit
+
+    f = theory.imbalanced_mse_frame(COUNTS, 1e-3)
+    z = [_deep_class_logit(n, 103, 0, 1e-3, 1e-3) for n in COUNTS]
+    np.testing.assert_allclose(z, f.logits, rtol=1e-8)
+
+
+@pytest.mark.parametrize("K,d", [(8, 2), (6, 3)])
+def test_normalized_ufm_reaches_the_softmax_code(K, d):
+    r = train_ufm(one_hot([1] * K), d, weight_decay=0.0, features="normalized", radius=2.0, steps=3000,
+                  optimizer="gd", device="cpu", snapshots=[3000])
+    W = r.words().numpy()
+    np.testing.assert_allclose(np.linalg.norm(W, axis=1), 2.0, rtol=1e-12)
+    rho = hull_distances(W / 2.0).min()  # cvxpy, per class
+    assert rho == pytest.approx(theory.softmax_code_rho(K, d), abs=1e-4)
+    if K == 2 * d:  # the cross-polytope: antipodal pairs, the rest orthogonal
+        cos = np.sort(theory.cosine_matrix(W), axis=1)
+        np.testing.assert_allclose(cos[:, 0], -1.0, atol=1e-4)
+        np.testing.assert_allclose(cos[:, 1:-1], 0.0, atol=1e-3)
+
+
+def test_softmax_code_closed_forms():
+    assert theory.softmax_code_rho(5, 2) == pytest.approx(1 - math.cos(2 * math.pi / 5))
+    # A regular pentagon, its rho measured by cvxpy.
+    angles = 2 * np.pi * np.arange(5) / 5
+    assert hull_distances(np.c_[np.cos(angles), np.sin(angles)]).min() == pytest.approx(1 - math.cos(2 * math.pi / 5), abs=1e-6)
+    assert hull_distances(theory.etf_classifier(4, 3)).min() == pytest.approx(4 / 3, abs=1e-6)
+    with pytest.raises(ValueError, match="no closed form"):
+        theory.softmax_code_rho(10, 3)
+
+
+def test_mixup_features_lie_in_the_span_of_the_two_classifiers():
+    K, d = 4, 5
+    t, rows = mixup_pairs(K, [0.1, 0.25, 0.4, 0.6, 0.75, 0.9])
+    r = train_ufm(t, d, weight_decay=0.0, feature_decay=1e-2, classifier="etf", steps=3000, optimizer="gd",
+                  device="cpu", snapshots=[3000])
+    W, H = r.W.numpy(), r.H.numpy()
+    np.testing.assert_allclose(W, theory.etf_classifier(K, d))  # the classifier stayed fixed
+    g = {}
+    for j, (i, k, lam) in enumerate(rows):
+        i, k = int(i), int(k)
+        coef, resid = theory.span_residual(H[:, j], W[[i, k]] if i != k else W[[i]])
+        assert resid < 1e-6
+        if i != k:
+            g.setdefault(round(lam, 6), []).append(coef)
+    for lam, coefs in g.items():
+        coefs = np.array(coefs)  # h = g(lam) w_i + g(1 - lam) w_k, the same g for every pair
+        assert np.ptp(coefs[:, 0]) < 1e-6
+        np.testing.assert_allclose(coefs[:, 1], np.mean(g[round(1 - lam, 6)], axis=0)[0], atol=1e-6)
+    for i in range(K):  # same-class mixes: one feature whatever lam
+        same = H[:, (rows[:, 0] == i) & (rows[:, 1] == i)]
+        assert np.abs(same - same[:, :1]).max() < 1e-6 * np.linalg.norm(same[:, 0])
+
+
+def test_etf_classifier_needs_room():
+    with pytest.raises(ValueError, match="needs d >= K - 1 = 4, got d = 3"):
+        theory.etf_classifier(5, 3)
+
+
+MINORITY_REFERENCE = {1: -0.111, 10: 0.026, 100: 0.317, 1000: 0.727}  # SCIENCE.md 5, K_A = K_B = 5
+
+
+def reference_ratio(W, H, targets, rtol):
+    """The measure written out directly: truncated SVD pseudo-inverse in R^d, projections as d x d
+    matrices, H restricted to W's kept row space; loops over pairs (no code shared with ufm)."""
+    u, s, vt = np.linalg.svd(W, full_matrices=False)
+    keep = s > rtol * s[0]
+    pinv = vt[keep].T @ np.diag(1 / s[keep]) @ u[:, keep].T  # (d, V)
+    row_space = vt[keep].T @ vt[keep]  # (d, d)
+    supports = {}
+    for j in range(targets.num_contexts):
+        supports.setdefault(tuple(sorted(targets.tokens[targets.contexts == j])), []).append(j)
+    ratios = []
+    for sup, group in supports.items():
+        diffs = np.stack([pinv[:, z] - pinv[:, sup[0]] for z in sup[1:]], 1)
+        basis = np.linalg.qr(diffs)[0][:, : np.linalg.matrix_rank(diffs)]
+        P = (np.eye(W.shape[1]) - basis @ basis.T) @ row_space
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                ratios.append(np.linalg.norm(P @ (H[:, a] - H[:, b])) / np.linalg.norm(P @ H[:, a]))
+    return float(np.mean(ratios))
+
+
+def minority_cos(ratio: int) -> float:
+    from ufm.targets import one_hot
+
+    r = train_ufm(one_hot([ratio] * 5 + [1] * 5), 10, weight_decay=1e-4, steps=20_000, device="cpu", snapshots=[])
+    w = r.W.numpy()[5:]
+    w = w / np.linalg.norm(w, axis=1, keepdims=True)
+    return float((w @ w.T)[np.triu_indices(5, 1)].mean())
+
+
+def test_subspace_ratio_falls_along_the_regularization_path(shared_language, convex_path):
+    """The issue's figures with W truncated to its numerical rank: 0.078, 0.072, 0.046, 0.034."""
+    ratios = []
+    for L in convex_path:
+        W, H = factor(L)
+        got = subspace_collapse(W, H, shared_language)
+        assert got.ratio == pytest.approx(reference_ratio(W, H, shared_language, 1e-2), rel=1e-9)
+        assert got.unprojected > got.ratio and got.pairs == 270
+        ratios.append(got.ratio)
+    np.testing.assert_allclose(ratios, [0.078, 0.072, 0.046, 0.034], atol=1.5e-3)
+    assert all(a > b for a, b in zip(ratios, ratios[1:]))  # non-increasing as lambda falls
+
+
+def test_subspace_ratio_ignores_negligible_directions(shared_language, convex_path):
+    W, H = factor(convex_path[2])
+    base = subspace_collapse_ratio(W, H, shared_language)
+    rng = np.random.default_rng(0)
+    scale = 1e-9 * np.linalg.norm(W, 2)
+    W_noisy = np.c_[W, scale * rng.normal(size=(W.shape[0], 3))]  # 3 extra directions of size 1e-9
+    H_noisy = np.r_[H + 1e-9 * rng.normal(size=H.shape), 1e-9 * rng.normal(size=(3, H.shape[1]))]
+    assert subspace_collapse_ratio(W_noisy, H_noisy, shared_language) == pytest.approx(base, rel=1e-6)
+    # Without the rank tolerance, W^+ blows the same noise up into the measure.
+    assert abs(subspace_collapse_ratio(W_noisy, H_noisy, shared_language, rank_rtol=0.0) - base) > 0.01
+
+
+def test_subspace_ratio_is_nan_without_geometry(shared_language):
+    zero_w, zero_h = np.zeros((30, 8)), np.zeros((8, 60))
+    rng = np.random.default_rng(1)
+    assert math.isnan(subspace_collapse_ratio(zero_w, zero_h, shared_language))
+    assert math.isnan(subspace_collapse_ratio(zero_w, rng.normal(size=(8, 60)), shared_language))
+    assert math.isnan(subspace_collapse_ratio(rng.normal(size=(30, 8)), zero_h, shared_language))
+    assert subspace_collapse(zero_w, zero_h, shared_language).rank == 0
+
+
+def test_limit_grams_on_random_supports():
+    """G_W -> (L_mm L_mm^T)^(1/2) and G_H -> (L_mm^T L_mm)^(1/2) as lambda -> 0, on random supports
+    (not one-hot); the trained UFM lands on the convex optimum's Grams."""
+    t = random_supports(24, 12, (1, 4), probs="zipf", seed=3)
+    lmm = ntp_svm_result(t.support()).solution
+    u, s, vt = np.linalg.svd(lmm)
+    want_w, want_h = (u[:, :len(s)] * s) @ u[:, :len(s)].T, (vt[:len(s)].T * s) @ vt[:len(s)]  # square roots
+    cos = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    words, contexts = [], []
+    for r in LogitsProblem(t).path([1e-2, 1e-4, 1e-6]):
+        W, H = factor(r.solution)
+        words.append(cos(W @ W.T, want_w))
+        contexts.append(cos(H.T @ H, want_h))
+    assert words[0] < words[1] < words[2] and words[2] > 0.99
+    assert contexts[0] < contexts[1] < contexts[2] and contexts[2] > 0.98
+    trained = train_ufm(t, 12, weight_decay=1e-4, steps=6000, device="cpu", snapshots=[])
+    W_opt, H_opt = factor(LogitsProblem(t).solve(1e-4).solution)
+    W, H = trained.W.numpy(), trained.H.numpy()
+    assert cos(W @ W.T, W_opt @ W_opt.T) > 0.9999 and cos(H.T @ H, H_opt.T @ H_opt) > 0.9999
+
+
+def test_structural_correlation_with_s_tilde_rises_over_training(shared_language):
+    from ufm.theory import centered_support, cosine_matrix, gram_to_cosines, offdiag_correlation, predicted_grams
+
+    target = gram_to_cosines(predicted_grams(centered_support(shared_language.support())).contexts)
+    r = train_ufm(shared_language, 32, weight_decay=1e-5, steps=2000, device="cpu", snapshots=[0, 100, 2000],
+                  observe=lambda W, H: dict(corr=offdiag_correlation(cosine_matrix(H.T), target)))
+    corr = r.series("corr")
+    # At initialization the contexts' cosines are noise; trained, they carry S~'s structure.
+    assert abs(corr[0]) < 0.2 and corr[0] < corr[1] < corr[2] and corr[2] > 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ratio", [1, 10, 100])
+def test_minority_collapse_reproduces_the_reference(ratio):
+    assert minority_cos(ratio) == pytest.approx(MINORITY_REFERENCE[ratio], abs=0.05)
+
+
+@pytest.mark.slow
+def test_minority_collapse_at_ratio_1000():
+    assert minority_cos(1000) == pytest.approx(MINORITY_REFERENCE[1000], abs=0.05)

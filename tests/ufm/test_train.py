@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ufm.targets import one_hot, random_supports
 from ufm.fit import _lr_at
+from ufm.targets import one_hot, random_supports
 from ufm.train import TrainConfig, train_ufm
 
 T = random_supports(12, 6, (1, 3), probs="zipf", seed=2)
@@ -115,3 +115,44 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_its_estimate():
     # An ordinary run's estimate stays a small multiple of its parameters.
     small = TrainConfig(dim=4, weight_decay=1e-3, steps=1, lr=0.05)
     assert training_bytes(small, T) < 100 * 8 * (6 * 4 + 4 * 12)
+
+
+TWO_CLASSES = one_hot([2, 2])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(loss="hinge"), "loss must be one of ce, mse(, [a-z_]+)*, got 'hinge'"),
+    (dict(features="resnet"), "features must be one of free, deep_linear, perturbed, normalized, fixed_h(, [a-z_]+)*, got 'resnet'"),
+    (dict(loss="mse", label_smoothing=0.1), "undefined combination: label smoothing"),
+    (dict(loss="mse", mixup_alpha=1.0), "undefined combination: mixup"),
+    (dict(features="normalized", layernorm=True), "undefined combination: layernorm is an option of features 'free'"),
+    (dict(features="deep_linear"), "deep_linear' needs depth >= 1"),
+    (dict(depth=2), "depth is the deep_linear, fixed_h(, [a-z_]+)* models', not 'free'"),
+    (dict(features="deep_linear", depth=1, layer_init="zeros"), "layer_init must be 'identity' or 'random'"),
+    (dict(features="perturbed", beta=-1.0, h0=np.zeros((2, 4))), "beta must be >= 0, got -1.0"),
+    (dict(features="normalized", radius=0.0), "radius must be positive, got 0.0"),
+    (dict(features="normalized", radius=-2.0), "radius must be positive"),
+    (dict(features="perturbed", beta=1.0), "features 'perturbed' needs h0"),
+    (dict(features="fixed_h"), "features 'fixed_h' needs h0"),
+    (dict(features="fixed_h", h0=np.zeros((2, 3))), r"h0 must have shape \(d, m\) = \(2, 4\)"),
+    (dict(features="fixed_h", h0=np.zeros((2, 4)), classifier="etf"), "nothing to train"),
+    (dict(features="fixed_h", h0=np.full((2, 4), np.nan)), "h0 contains 8 NaN or Inf"),
+    (dict(classifier=np.zeros((3, 2))), r"classifier must have shape \(V, d\) = \(2, 2\)"),
+    (dict(classifier="orthogonal"), "classifier must be a \\(V, d\\) array or 'etf'"),
+    (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
+    (dict(mixup_alpha=0.0), "mixup_alpha must be positive"),
+])
+def test_bad_family_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train_ufm(TWO_CLASSES, 2, weight_decay=1e-3, steps=1, device="cpu", **kwargs)
+
+
+def test_result_dict_records_the_family_and_round_trips_json():
+    import json
+
+    r = train_ufm(one_hot([2, 2]), 3, loss="mse", weight_decay=1e-3, features="deep_linear", depth=1, steps=5,
+                  device="cpu", snapshots=[5])
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["config"]["loss"] == "mse" and d["config"]["features"] == "deep_linear" and d["config"]["depth"] == 1
+    assert d["targets"]["num_contexts"] == 4 and [h["step"] for h in d["history"]] == [0, 5]
+    assert d["seconds"] == r.seconds > 0
