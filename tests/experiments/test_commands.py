@@ -9,8 +9,8 @@ import pytest
 from experiments.cli import main
 from lm_bridge.corpus import Corpus, token_blocks
 from lm_bridge.models import load_model
-from tests.lm_bridge.conftest import tiny_corpus, tiny_models  # noqa: F401 (fixtures)
-from ufm import PRESETS, ClassStats, collapse_metrics
+from tests.lm_bridge.conftest import tiny_corpus, tiny_models
+from ufm import ClassStats, PRESETS, collapse_metrics
 
 
 def test_data_list_names_the_corpora(capsys):
@@ -55,3 +55,18 @@ def test_measure_max_tokens_counts_exactly(tiny_models, tiny_corpus, tmp_path): 
     assert report["tokens"] == sum(len(b) - 1 for b in blocks) == int(np.sum(
         ClassStats.load(tmp_path / "o" / "stats.safetensors").sample_counts.numpy()))
     assert report["nc4_agreement"] is None and report["val_loss"] is None  # no --heldout
+
+
+def test_cli_train_and_data_errors(tiny_corpus, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLLAPSE_LAB_CACHE", str(tmp_path / "cache"))
+    assert main(["data", "fetch", "nope"]) == 2
+    assert "unknown corpus 'nope'" in capsys.readouterr().err
+    assert main(["train", "--corpus", str(tiny_corpus / "doc0.txt"), "--out", str(tmp_path / "m")]) == 2
+    assert "at least 2 text files" in capsys.readouterr().err
+    rc = main(["train", "--corpus", str(tiny_corpus), "--depth", "1", "--width", "16", "--heads", "2",
+               "--epochs", "1", "--block-size", "16", "--batch-size", "4", "--vocab-size", "300",
+               "--out", str(tmp_path / "m"), "--device", "cpu"])
+    assert rc == 0 and "validation loss" in capsys.readouterr().out
+    assert main(["train", "--corpus", str(tiny_corpus), "--block-size", "100000", "--vocab-size", "300",
+                 "--out", str(tmp_path / "big")]) == 2
+    assert "fewer than one block of 100000" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.cli import main
+from experiments.linguistic_collapse import GridConfig, load_grid
 
 
 def run_quick(name, tmp_path) -> dict:
@@ -138,3 +139,16 @@ def test_etf_figure_plots_the_spread_not_the_mean_cosine(tmp_path, monkeypatch):
     cos_mean = np.array([h["metrics"]["cos_mean"] for h in history])
     assert any(np.allclose(p, cos_std) for p in plotted)
     assert not any(len(p) == len(cos_mean) and np.allclose(p, cos_mean) for p in plotted)
+
+
+def test_grid_configs(tmp_path):
+    assert len(GridConfig().specs()) >= 10  # x 2 epochs: at least 20 models in the small grid
+    seeds = {s.seed for s in GridConfig().specs() if (s.depth, s.width) == GridConfig().seed_arch}
+    assert seeds == set(range(5))
+    (tmp_path / "g.json").write_text(json.dumps({"archs": [[1, 16]], "epochs": 1}))
+    assert load_grid(str(tmp_path / "g.json")).archs == ((1, 16),)
+    (tmp_path / "bad.json").write_text(json.dumps({"archs": [[1, 16]], "widths": [8]}))
+    with pytest.raises(ValueError, match="unknown key\\(s\\) widths"):
+        load_grid(str(tmp_path / "bad.json"))
+    with pytest.raises(ValueError, match="unknown grid 'huge'"):
+        load_grid("huge")

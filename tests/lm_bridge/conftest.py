@@ -3,11 +3,8 @@ trained on a few lines: everything offline, built in seconds."""
 
 import pytest
 import torch
-
-# The model classes are imported when the tests are collected, not in a fixture: a mutation-testing
-# worker forked after collection then starts with them loaded (the first import of a transformers
-# model takes seconds).
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM, LlamaConfig,
+                          LlamaForCausalLM)
 
 from lm_bridge.tokenizer import train_bpe_tokenizer
 
@@ -56,3 +53,16 @@ def tiny_corpus(tmp_path_factory):
     for i in range(4):
         (root / f"doc{i}.txt").write_text("\n".join(LINES[i::4]) + f" story number {i}")
     return root
+
+
+@pytest.fixture(scope="session")
+def long_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    for i in range(6):
+        (root / f"doc{i}.txt").write_text(" ".join(LINES * 12) + f" part {i}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return train_bpe_tokenizer(LINES, 300)

@@ -10,11 +10,11 @@ SHARED = dict(num_contexts=60, vocab_size=30, support_size=(2, 5), probs="zipf",
 PATH = (1e-2, 1e-3, 1e-4, 1e-5)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shared_language():
     return random_supports(**SHARED)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def convex_path(shared_language):
     return [r.solution for r in LogitsProblem(shared_language).path(list(PATH))]

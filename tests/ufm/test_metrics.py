@@ -3,13 +3,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from scipy.stats import ortho_group
 
 from tests.conftest import requires_cuda
 from tests.ufm.reference import naive_metrics, naive_stats
-from ufm import PRESETS, MetricOptions, collapse_metrics, stats_from_features
+from ufm import MetricOptions, PRESETS, collapse_metrics, stats_from_features
 from ufm.metrics import nc1_trace_ratio
 
 
@@ -339,3 +338,29 @@ def test_metrics_and_classes_share_one_sweep_and_equal_the_two_calls():
     wide = class_table(stats, W, cdnv_power=4.0, center="weighted", min_count=20)
     np.testing.assert_allclose(wide.cdnv_row_mean, table.cdnv_row_mean, rtol=1e-12)
     np.testing.assert_array_equal(wide.nearest_class, table.nearest_class)
+
+
+def test_identical_class_means_give_nan_not_an_exception():
+    h = np.array([[1.0, 2.0]] * 4)
+    m = collapse_metrics(stats_from_features(h, [0, 0, 1, 1], 2), np.ones((2, 2)))
+    assert np.isnan(m.norm_cov) and np.isnan(m.cos_mean) and np.isnan(m.etf_error)
+    assert np.isnan(m.cdnv_mean)  # 0 / 0: both variances 0 and the distance 0
+
+
+def test_a_vocabulary_sized_sweep_states_its_expected_time():
+    from ufm.metrics import expected_sweep_seconds
+
+    cpu = torch.device("cpu")
+    assert expected_sweep_seconds(50_257, 768, cpu) == pytest.approx(31.5, rel=1e-9)  # the benchmark's figure
+    assert expected_sweep_seconds(1_000_000, 768, cpu) / 3600 > 3  # K ~ 10^6: hours
+    rng = np.random.default_rng(0)
+    stats = stats_from_features(rng.normal(size=(30, 3)), np.arange(30), 30)
+    import ufm.metrics as metrics_module
+
+    with pytest.warns(UserWarning, match=r"all-pairs sweep over 30 kept classes .* expected to take"):
+        old = metrics_module.LONG_SWEEP_SECONDS
+        metrics_module.LONG_SWEEP_SECONDS = 0.0
+        try:
+            collapse_metrics(stats)
+        finally:
+            metrics_module.LONG_SWEEP_SECONDS = old

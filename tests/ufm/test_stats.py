@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from tests.conftest import requires_cuda
 from tests.ufm.reference import naive_stats
@@ -292,3 +291,14 @@ def test_float32_statistics_are_widened_and_give_the_float64_metrics(tmp_path):
     for got in (collapse_metrics(loaded), collapse_metrics(direct)):
         assert got.cdnv_mean == pytest.approx(want.cdnv_mean, rel=1e-12)
         assert got.etf_error == pytest.approx(want.etf_error, rel=1e-12)
+
+
+def test_a_flipped_byte_in_a_stats_file_is_an_error(tmp_path):
+    rng = np.random.default_rng(0)
+    stats = stats_from_features(rng.normal(size=(50, 4)), rng.integers(0, 5, 50), 5)
+    path = stats.save(tmp_path / "s.safetensors")
+    raw = bytearray(path.read_bytes())
+    raw[-9] ^= 0x01  # one bit of the last tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(StatsFileError, match="do not match the checksum"):
+        ClassStats.load(path)

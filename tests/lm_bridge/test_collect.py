@@ -1,44 +1,37 @@
+"""lm_bridge.collect: the one pass into ClassStats (every layer, resumable, ranks merged) against the
+model's own hidden states, and the NC4 pass."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
+import lm_bridge.collect as collect
 from experiments.cli import main
-from tests.conftest import requires_cuda
 from lm_bridge.collect import CollectConfig, CollectError, collect_nc4, collect_stats
-from lm_bridge.corpus import Corpus, CorpusError, document_ids, token_blocks
-from lm_bridge.models import ModelLoadError, capture_unembedding_input, load_model
-from ufm import PRESETS, ClassStats, StatsAccumulator, collapse_metrics, stats_from_features
-from ufm.nc4 import nc4_agreement
+from lm_bridge.corpus import Corpus, document_ids, token_blocks
+from lm_bridge.models import load_model
+from tests.conftest import requires_cuda
+from tests.lm_bridge.reference import (assert_bit_identical, assert_same_stats, direct_layer_stats,
+                                       reference_stats)
+from ufm import ClassStats, StatsAccumulator, nc4_agreement, stats_from_features
 from ufm.stats import load_accumulators
 
-from .conftest import save_tiny_model
+
+def _rank_main(rank, model_dir, corpus_dir, init_file, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    loaded = load_model(model_dir, dtype=torch.float64)
+    result = collect_stats(loaded, Corpus.open(corpus_dir), CollectConfig(block_size=12, batch_size=2),
+                           progress=False)
+    result.stats.save(f"{out_dir}/rank{rank}.safetensors")
+    dist.destroy_process_group()
+
 
 FAMILIES = ["gpt2", "gpt-neo", "llama"]
-
-
-def reference_stats(loaded, corpus, block_size):
-    """Straight from output_hidden_states[-1], one block at a time, no hooks and no padding."""
-    feats, labels = [], []
-    with torch.no_grad():
-        for block in token_blocks(corpus, loaded.tokenizer, block_size):
-            ids = torch.tensor([block])
-            hidden = loaded.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
-            feats.append(hidden[:-1].double())
-            labels.append(ids[0, 1:])
-    return stats_from_features(torch.cat(feats), torch.cat(labels), loaded.vocab_size)
-
-
-def assert_bit_identical(a: ClassStats, b: ClassStats):
-    for name in ("counts", "sample_counts", "means", "var_traces", "within_scatter"):
-        assert torch.equal(getattr(a, name), getattr(b, name)), name
-
-
-def assert_same_stats(a: ClassStats, b: ClassStats, rtol):
-    for name in ("counts", "sample_counts", "means", "var_traces", "within_scatter"):
-        x, y = getattr(a, name).double(), getattr(b, name).double()
-        torch.testing.assert_close(x, y, rtol=rtol, atol=rtol * float(y.abs().max()), msg=name)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -51,59 +44,6 @@ def test_collected_stats_equal_hidden_states(family, tiny_models, tiny_corpus):
     blocks = list(token_blocks(Corpus.open(tiny_corpus), loaded.tokenizer, 24))
     assert result.tokens == sum(len(b) - 1 for b in blocks) and result.blocks == len(blocks)
     assert len(loaded.unembedding._forward_pre_hooks) == 0  # the hook removed itself
-
-
-def heldout_features(loaded, corpus, block_size):
-    """(hidden states, argmax predictions, true next tokens) of every labelled held-out position."""
-    feats, preds, labels = [], [], []
-    with torch.no_grad():
-        for block in token_blocks(corpus, loaded.tokenizer, block_size):
-            out = loaded.model(input_ids=torch.tensor([block]), output_hidden_states=True)
-            feats.append(out.hidden_states[-1][0, :-1])
-            preds.append(out.logits[0, :-1].argmax(-1))
-            labels.append(torch.tensor(block[1:]))
-    return torch.cat(feats), torch.cat(preds), torch.cat(labels)
-
-
-def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, tmp_path, capsys):
-    out = tmp_path / "run"
-    rc = main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus), "--heldout",
-               str(tiny_corpus / "doc0.txt"), "--out", str(out), "--block-size", "24", "--batch-size", "2",
-               "--preset", "lc2024", "--device", "cpu", "--min-count", "2"])
-    assert rc == 0
-    printed = capsys.readouterr().out
-    assert "preset lc2024: CDNV power 4, global mean uniform, min_count 2, spread ddof 1" in printed
-    assert "whose next token is a kept class" in printed
-    stats = ClassStats.load(out / "stats.safetensors")
-    loaded = load_model(tiny_models["gpt2"])
-    assert_same_stats(stats, reference_stats(loaded, Corpus.open(tiny_corpus), 24), rtol=1e-10)
-    report = json.loads((out / "metrics.json").read_text())
-    options = report["metrics"]["options"]
-    assert options == dict(PRESETS["lc2024"], min_count=2, tile_size=None, riesz_s=None)
-    # metrics.json holds exactly the metrics of the saved statistics with the model's classifier.
-    want = collapse_metrics(stats, loaded.classifier(), **options).to_dict()
-    assert want["dual_cos_mean"] is not None
-    for key, value in want.items():
-        assert report["metrics"][key] == (pytest.approx(value, rel=1e-12) if isinstance(value, float) else value), key
-    assert report["tokens"] == int(stats.sample_counts.sum())
-    # NC4 as Wu & Papyan count it: held-out positions whose true next token is a kept class.
-    h, pred, labels = heldout_features(loaded, Corpus.open(tiny_corpus / "doc0.txt"), 24)
-    kept = stats.sample_counts[labels] >= 2
-    assert 0 < int(kept.sum()) < len(labels)  # the choice matters on this text
-    assert report["nc4_positions"] == "kept" and report["nc4_tokens"] == int(kept.sum())
-    assert report["nc4_agreement"] == nc4_agreement(h, pred, stats, labels=labels, min_count=2)
-    assert report["model"]["identity"] == loaded.identity
-    for name in ("dual_cos_hist.png", "norms_vs_frequency.png", "cdnv_sample.png"):
-        assert (out / name).stat().st_size > 1000
-    assert not list(out.glob("checkpoint*"))
-    # Without a preset every held-out position counts, and the defaults are stated.
-    assert main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus), "--heldout",
-                 str(tiny_corpus / "doc0.txt"), "--out", str(tmp_path / "plain"), "--block-size", "24",
-                 "--device", "cpu"]) == 0
-    assert "no preset (defaults; --preset lc2024" in capsys.readouterr().out
-    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
-    assert plain["nc4_positions"] == "all" and plain["nc4_tokens"] == len(labels)
-    assert plain["nc4_agreement"] == nc4_agreement(h, pred, stats)
 
 
 def test_nc4_pass_equals_direct_computation(tiny_models, tiny_corpus):
@@ -252,67 +192,6 @@ def test_token_accounting_is_exact(tiny_models, tiny_corpus):
     assert [len(b) for b in capped] == [10, 10, 5]
 
 
-def test_bad_corpora(tiny_models, tmp_path):
-    tok = load_model(tiny_models["gpt2"]).tokenizer
-    with pytest.raises(CorpusError, match="does not exist"):
-        Corpus.open(tmp_path / "nowhere")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CorpusError, match="holds no text files"):
-        Corpus.open(tmp_path / "empty")
-    (tmp_path / "short.txt").write_text("the cat")
-    with pytest.raises(CorpusError, match="fewer than one block of 64"):
-        list(token_blocks(Corpus.open(tmp_path / "short.txt"), tok, 64))
-    (tmp_path / "blank_dir").mkdir()
-    (tmp_path / "blank_dir" / "a.txt").write_text("")
-    tok.eos_token = None  # without an EOS, an empty file adds no token at all
-    assert tok.eos_token_id is None
-    with pytest.raises(CorpusError, match="is empty"):
-        list(token_blocks(Corpus.open(tmp_path / "blank_dir"), tok, 8))
-
-
-def test_bad_model_directories(tiny_models, tmp_path):
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        load_model(tmp_path / "missing")
-    (tmp_path / "noconfig").mkdir()
-    with pytest.raises(ModelLoadError, match="no config.json"):
-        load_model(tmp_path / "noconfig")
-    from transformers import ViTConfig, ViTModel
-
-    vit = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                       image_size=8, patch_size=4)).save_pretrained(vit)
-    with pytest.raises(ModelLoadError, match="not a causal language model"):
-        load_model(vit)
-    small = save_tiny_model(tmp_path / "small", "gpt2", vocab_size=300)
-    from transformers import AutoModelForCausalLM
-
-    from .conftest import tiny_config
-
-    AutoModelForCausalLM.from_config(tiny_config("gpt2", 100)).save_pretrained(small)  # vocab 100 < 300
-    with pytest.raises(ModelLoadError, match="tokenizer has 300 tokens but the unembedding only 100"):
-        load_model(small)
-
-
-def test_hook_is_removed_on_error(tiny_models):
-    loaded = load_model(tiny_models["gpt2"])
-    with pytest.raises(RuntimeError, match="boom"):
-        with capture_unembedding_input(loaded.model):
-            raise RuntimeError("boom")
-    assert len(loaded.unembedding._forward_pre_hooks) == 0
-
-
-def _rank_main(rank, model_dir, corpus_dir, init_file, out_dir):
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    loaded = load_model(model_dir, dtype=torch.float64)
-    result = collect_stats(loaded, Corpus.open(corpus_dir), CollectConfig(block_size=12, batch_size=2),
-                           progress=False)
-    result.stats.save(f"{out_dir}/rank{rank}.safetensors")
-    dist.destroy_process_group()
-
-
 def test_two_gloo_ranks_equal_one_process(tiny_models, tiny_corpus, tmp_path):
     import torch.multiprocessing as mp
 
@@ -412,76 +291,130 @@ def test_cuda_collection_equals_cpu(tiny_models, tiny_corpus):
     assert_same_stats(runs[1].stats.to("cpu"), runs[0].stats, rtol=1e-9)
 
 
-def test_measure_figures_plot_the_right_data(monkeypatch, tmp_path):
-    """Figures are checked by the arrays they draw: the CDNV map of the most frequent classes
-    (log10, diagonal blank), the norms against counts, the NC3 cosines (independent numpy)."""
-    import matplotlib.axes
+def _rank_layers(rank, model_dir, corpus_dir, init_file, out_dir):
+    import torch.distributed as dist
 
-    from ufm.report import measure_figures
-
-    rng = np.random.default_rng(0)
-    k, d = 12, 5
-    y = np.concatenate([np.arange(k), rng.integers(0, k, 300)])
-    h = rng.normal(size=(k, d))[y] * 3 + rng.normal(size=(len(y), d))
-    W = rng.normal(size=(k, d))
-    stats = stats_from_features(h, y, k)
-    drawn = {}
-
-    def record(method: str, name: str):
-        real = getattr(matplotlib.axes.Axes, method)
-
-        def wrapper(self, *args, **kwargs):
-            drawn[name] = [np.array(a) for a in args if not isinstance(a, str)]
-            return real(self, *args, **kwargs)
-
-        monkeypatch.setattr(matplotlib.axes.Axes, method, wrapper)
-
-    record("imshow", "cdnv")
-    record("hist", "dual")
-    record("loglog", "norms")
-    measure_figures(stats, torch.as_tensor(W), tmp_path, cdnv_power=2.0, sample=6)
-    counts = np.bincount(y, minlength=k)
-    top = np.sort(np.argsort(-counts, kind="stable")[:6])
-    mu = np.stack([h[y == c].mean(0) for c in range(k)])
-    var = np.array([((h[y == c] - mu[c]) ** 2).sum(1).mean() for c in range(k)])
-    want = np.full((6, 6), np.nan)
-    for i, a in enumerate(top):
-        for j, b in enumerate(top):
-            if i != j:
-                want[i, j] = np.log10((var[a] + var[b]) / (2 * np.sum((mu[a] - mu[b]) ** 2)))
-    np.testing.assert_allclose(drawn["cdnv"][0], want, rtol=1e-10)
-    m = mu - mu.mean(0)
-    np.testing.assert_allclose(drawn["norms"][1], np.linalg.norm(m, axis=1), rtol=1e-10)
-    np.testing.assert_allclose(drawn["norms"][0], counts, rtol=1e-12)
-    cos = (W * m).sum(1) / np.linalg.norm(W, axis=1) / np.linalg.norm(m, axis=1)
-    np.testing.assert_allclose(np.sort(drawn["dual"][0]), np.sort(cos), rtol=1e-10)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    result = collect_stats(load_model(model_dir, dtype=torch.float64), Corpus.open(corpus_dir),
+                           CollectConfig(block_size=12, batch_size=2, layers=(0, 1, 2)), progress=False)
+    for i, stats in result.layers.items():
+        stats.save(f"{out_dir}/rank{rank}_layer{i}.safetensors")
+    dist.destroy_process_group()
 
 
-def other_tokens(loaded, corpus) -> int:
-    """Every labelled position of ``corpus`` at block size 20."""
-    return sum(len(b) - 1 for b in token_blocks(corpus, loaded.tokenizer, 20))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_layer_in_one_pass_equals_output_hidden_states(family, tiny_models, tiny_corpus):
+    # float64 weights: padded batches of 3 and single blocks then agree to rounding (in float32 the
+    # different GEMM shapes move inner layers by ~1e-8 relative).
+    loaded = load_model(tiny_models[family], dtype=torch.float64)
+    corpus = Corpus.open(tiny_corpus)
+    config = CollectConfig(block_size=20, batch_size=3, layers=(0, 1, 2))
+    result = collect_stats(loaded, corpus, config, progress=False)
+    want = direct_layer_stats(loaded, corpus, 20)
+    assert sorted(result.layers) == [0, 1, 2] == sorted(want)
+    for i in range(3):
+        assert_same_stats(result.layers[i], want[i], rtol=1e-10)
+    # The last entry is the unembedding's input (after the final norm).
+    assert_same_stats(result.stats, want[2], rtol=1e-10)
+    # NC4 per layer: each hidden state against its own layer's means.
+    nc4 = collect_nc4(loaded, corpus, result.stats, config, layer_stats=result.layers, progress=False)
+    feats, preds, logits_all, targets = {}, [], [], []
+    with torch.no_grad():
+        for block in token_blocks(corpus, loaded.tokenizer, 20):
+            out = loaded.model(input_ids=torch.tensor([block]), output_hidden_states=True)
+            for i, h in enumerate(out.hidden_states):
+                feats.setdefault(i, []).append(h[0, :-1])
+            preds.append(out.logits[0, :-1].argmax(-1))
+            logits_all.append(out.logits[0, :-1].double())
+            targets.append(torch.tensor(block[1:]))
+    pred = torch.cat(preds)
+    for i in range(3):
+        assert nc4.layers[i] == nc4_agreement(torch.cat(feats[i]), pred, result.layers[i])
+    loss = torch.nn.functional.cross_entropy(torch.cat(logits_all), torch.cat(targets))
+    assert nc4.loss == pytest.approx(float(loss), rel=1e-9)
 
 
-def test_measure_model_is_stats_metrics_and_nc4_with_the_preset(tiny_models, tiny_corpus):
-    """measure_model, the demo's and the grid's one call, against its three parts run by hand."""
-    from lm_bridge.measure import measure_model
-
+def test_layers_that_cannot_fit_are_refused_before_the_pass(tiny_models, tiny_corpus, monkeypatch):
     loaded = load_model(tiny_models["gpt2"])
-    train, heldout = Corpus.open(tiny_corpus), Corpus.open(tiny_corpus / "doc0.txt")
-    config = CollectConfig(block_size=20)
-    m = measure_model(loaded, train, heldout, config, heldout_tokens=30, preset="lc2024")
-    stats = collect_stats(loaded, train, config, progress=False).stats
-    assert torch.equal(m.stats.means, stats.means) and torch.equal(m.stats.counts, stats.counts)
-    want = collapse_metrics(stats, loaded.classifier(), **PRESETS["lc2024"]).to_dict()
-    assert m.metrics.to_dict() == want and want["dual_error"] is not None
-    nc4 = collect_nc4(loaded, heldout, stats, CollectConfig(block_size=20, max_tokens=30), progress=False,
-                      min_count=1, positions="kept")
-    assert (m.nc4.agreement, m.nc4.tokens, m.nc4.positions, m.nc4.loss) == (nc4.agreement, nc4.tokens, "kept", nc4.loss)
-    assert 0 < m.nc4.tokens <= 30
-    default = measure_model(loaded, train, heldout, config, heldout_tokens=30)  # lc2024 is the default
-    assert default.metrics.to_dict() == want and default.nc4.positions == "kept"
-    capped = measure_model(loaded, train, heldout, CollectConfig(block_size=20, max_tokens=40))
-    assert capped.nc4.tokens <= 40 < other_tokens(loaded, heldout)  # without heldout_tokens: the config's cap
-    other = measure_model(loaded, train, heldout, config, preset="papyan2020")
-    assert other.nc4.positions == "all" and other.nc4.tokens > m.nc4.tokens
-    assert other.metrics.options["center"] == "weighted" and m.metrics.options["center"] == "uniform"
+    monkeypatch.setattr(collect, "free_memory", lambda device: 3 * 2**29)
+    monkeypatch.setattr(collect, "state_bytes", lambda k, d: 2**30)
+    calls = []
+    monkeypatch.setattr(collect, "forward_features", lambda *a, **k: calls.append(1))
+    with pytest.raises(CollectError, match=r"3 statistics states of K=\d+ x D=16 float64 need 3.00 GiB, "
+                                           r"more than 50% of the 1.50 GiB free on cpu"):
+        collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=20, layers=(0, 1)), progress=False)
+    assert calls == []
+    with pytest.raises(CollectError, match=r"layer\(s\) \[7\] do not exist: .* hidden states 0..2"):
+        collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=20, layers=(7,)), progress=False)
+
+
+def test_two_ranks_with_layers_equal_one_process(tiny_models, tiny_corpus, tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_layers, args=(str(tiny_models["gpt-neo"]), str(tiny_corpus), str(tmp_path / "init"),
+                                 str(tmp_path)), nprocs=2, join=True)
+    single = collect_stats(load_model(tiny_models["gpt-neo"], dtype=torch.float64), Corpus.open(tiny_corpus),
+                           CollectConfig(block_size=12, batch_size=2, layers=(0, 1, 2)), progress=False)
+    # Ranks see other batch compositions than one process (block i goes to rank i % 2), and the
+    # model's float64 GEMMs differ by ~1e-11 relative across batch shapes: hence 1e-9.
+    for rank in range(2):
+        for i in range(3):
+            assert_same_stats(ClassStats.load(tmp_path / f"rank{rank}_layer{i}.safetensors"), single.layers[i],
+                              rtol=1e-9)
+
+
+def test_killed_layer_run_resumes_bit_identical(tiny_models, tiny_corpus, tmp_path, monkeypatch):
+    loaded = load_model(tiny_models["gpt2"])
+    corpus = Corpus.open(tiny_corpus)
+    config = CollectConfig(block_size=10, batch_size=2, checkpoint_every=2, layers=(0, 2))
+    whole = collect_stats(loaded, corpus, config, progress=False)
+    real, calls = collect.forward_features, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] in (3, 6):
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "forward_features", dies)
+    ckpt = tmp_path / "ckpt.safetensors"
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
+    resumed = collect_stats(loaded, corpus, config, checkpoint=ckpt, progress=False)
+    assert resumed.resumed_blocks > 0
+    assert_bit_identical(resumed.stats, whole.stats)
+    for i in (0, 2):
+        assert_bit_identical(resumed.layers[i], whole.layers[i])
+    with pytest.raises(CollectError, match="belongs to another run"):  # other layers: another setting
+        collect_stats(loaded, corpus, CollectConfig(block_size=10, batch_size=2, layers=(1,)), checkpoint=ckpt,
+                      progress=False)
+
+
+def test_bad_settings_are_refused_before_the_pass(tiny_models, tiny_corpus, tmp_path, capsys):
+    loaded = load_model(tiny_models["gpt2"])
+    corpus = Corpus.open(tiny_corpus)
+    with pytest.raises(CollectError, match="block size 100 exceeds the 64 positions"):
+        collect_stats(loaded, corpus, CollectConfig(block_size=100), progress=False)
+    assert collect_stats(loaded, corpus, CollectConfig(), progress=False).stats.metadata["resolved_block_size"] == 64
+    for bad, match in ((dict(batch_size=0), "batch size must be a positive integer"),
+                       (dict(batch_size=-2), "batch size must be a positive integer"),
+                       (dict(max_tokens=0), "max tokens must be a positive integer"),
+                       (dict(max_tokens=-5), "max tokens must be a positive integer")):
+        with pytest.raises(CollectError, match=match):
+            CollectConfig(**bad)
+    base = ["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus)]
+    assert main(base + ["--out", str(tmp_path / "a"), "--batch-size", "0"]) == 2
+    assert "batch size must be a positive integer" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--heldout", str(tmp_path / "nowhere")]) == 2
+    assert "is neither a known corpus" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # checked before the pass: nothing written
+    # --out holding a finished run of another model is refused unless --overwrite.
+    assert main(base + ["--out", str(tmp_path / "c")]) == 0
+    other = ["measure", "--model", str(tiny_models["llama"]), "--corpus", str(tiny_corpus), "--out", str(tmp_path / "c")]
+    assert main(other) == 2
+    assert "holds a finished run of another model" in capsys.readouterr().err
+    assert main(other + ["--overwrite"]) == 0
+    assert json.loads((tmp_path / "c" / "metrics.json").read_text())["model"]["identity"] == \
+        load_model(tiny_models["llama"]).identity
