@@ -115,3 +115,28 @@ def offdiag(G: np.ndarray) -> float:
 
 def class_means(H: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.stack([H[:, labels == k].mean(1) for k in range(labels.max() + 1)])  # (K, d)
+
+
+# Drawn data and the metric keys the comparisons run over.
+
+
+def samples(k=40, d=16, n=800, seed=0, weighted=True):
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])  # every class seen
+    h = rng.normal(size=(n, d)) * 0.7 + rng.normal(size=(k, d))[y] * 2
+    w = rng.uniform(0.2, 3.0, n) if weighted else None
+    classifier = rng.normal(size=(k, d)) + rng.normal(size=(k, d))
+    return h, y, w, classifier
+
+
+METRIC_KEYS = [
+    "nc1_trace_ratio", "nc1_quotient", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
+    "cos_std", "etf_error", "gnc_log_mean", "gnc_log_std",
+]
+
+
+NC3_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
+
+
+# The peer library's NC3 variants: dot products (not scale-free) and distances of the unit vectors.
+DUAL_KEYS = NC3_KEYS + ["dot_mean", "dot_std", "unc_dot_cov", "dual_dist_mean", "dual_dist_std"]

@@ -6,28 +6,10 @@ import torch
 from hypothesis import given, strategies as st
 from scipy.stats import ortho_group
 
-from tests.conftest import requires_cuda
-from tests.ufm.reference import naive_metrics, naive_stats
+from tests.ufm.conftest import drawn_stats
+from tests.ufm.reference import DUAL_KEYS, METRIC_KEYS, NC3_KEYS, naive_metrics, samples
 from ufm import MetricOptions, PRESETS, collapse_metrics, stats_from_features
 from ufm.metrics import nc1_trace_ratio
-
-
-def samples(k=40, d=16, n=800, seed=0, weighted=True):
-    rng = np.random.default_rng(seed)
-    y = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])  # every class seen
-    h = rng.normal(size=(n, d)) * 0.7 + rng.normal(size=(k, d))[y] * 2
-    w = rng.uniform(0.2, 3.0, n) if weighted else None
-    classifier = rng.normal(size=(k, d)) + rng.normal(size=(k, d))
-    return h, y, w, classifier
-
-
-METRIC_KEYS = [
-    "nc1_trace_ratio", "nc1_quotient", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
-    "cos_std", "etf_error", "gnc_log_mean", "gnc_log_std",
-]
-NC3_KEYS = ["dual_cos_mean", "dual_cos_std", "unc_cov", "dual_error"]
-# The peer library's NC3 variants: dot products (not scale-free) and distances of the unit vectors.
-DUAL_KEYS = NC3_KEYS + ["dot_mean", "dot_std", "unc_dot_cov", "dual_dist_mean", "dual_dist_std"]
 
 
 @pytest.mark.parametrize(
@@ -92,29 +74,12 @@ def test_lc2024_spreads_are_bessel_corrected_and_pairs_are_not():
         collapse_metrics(stats, spread_ddof=2)
 
 
-def _stats(h, y, w, k=40):
-    return stats_from_features(h, y, k, w)
-
-
-@given(perm_seed=st.integers(0, 10_000), tile=st.integers(1, 45))
-def test_class_permutation_and_tiling_invariance(perm_seed, tile):
-    h, y, w, W = samples(seed=3)
-    perm = np.random.default_rng(perm_seed).permutation(40)
-    base = collapse_metrics(_stats(h, y, w), W).to_dict()
-    # Relabel class c as perm[c]: the classifier's row for c moves to perm[c] too.
-    W_perm = np.empty_like(W)
-    W_perm[perm] = W
-    moved = collapse_metrics(_stats(h, perm[y], w), W_perm, tile_size=tile).to_dict()
-    for key in METRIC_KEYS + DUAL_KEYS:
-        assert moved[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
-
-
 @given(seed=st.integers(0, 10_000))
 def test_rotation_invariance(seed):
     h, y, w, W = samples(seed=4)
     q = ortho_group.rvs(16, random_state=seed)
-    base = collapse_metrics(_stats(h, y, w), W, riesz_s=1.0).to_dict()
-    rot = collapse_metrics(_stats(h @ q.T, y, w), W @ q.T, riesz_s=1.0).to_dict()
+    base = collapse_metrics(drawn_stats(h, y, w), W, riesz_s=1.0).to_dict()
+    rot = collapse_metrics(drawn_stats(h @ q.T, y, w), W @ q.T, riesz_s=1.0).to_dict()
     for key in METRIC_KEYS + DUAL_KEYS + ["riesz_mean", "riesz_std"]:
         assert rot[key] == pytest.approx(base[key], rel=1e-9, abs=1e-12), key
 
@@ -128,8 +93,8 @@ SCALE_FREE = [
 @given(scale=st.floats(1e-3, 1e3), w_scale=st.floats(1e-3, 1e3))
 def test_scale_free_metrics_ignore_global_scaling(scale, w_scale):
     h, y, w, W = samples(seed=5)
-    base = collapse_metrics(_stats(h, y, w), W).to_dict()  # CDNV power 2 is scale-free
-    scaled = collapse_metrics(_stats(h * scale, y, w), W * w_scale).to_dict()
+    base = collapse_metrics(drawn_stats(h, y, w), W).to_dict()  # CDNV power 2 is scale-free
+    scaled = collapse_metrics(drawn_stats(h * scale, y, w), W * w_scale).to_dict()
     for key in SCALE_FREE:
         assert scaled[key] == pytest.approx(base[key], rel=1e-8, abs=1e-12), key
     assert scaled["norm_mean"] == pytest.approx(base["norm_mean"] * scale, rel=1e-10)
@@ -149,7 +114,7 @@ def test_simplex_etf_and_perfect_collapse_are_exact():
     k, d = 10, 12
     means = simplex_etf(k, d) * 5.0 + 1.0  # any offset: the uniform global mean removes it
     y = np.repeat(np.arange(k), 4)
-    m = collapse_metrics(_stats(means[y], y, None, k), means - means.mean(0))
+    m = collapse_metrics(drawn_stats(means[y], y, None, k), means - means.mean(0))
     assert m.etf_error == pytest.approx(0.0, abs=1e-12)
     assert m.cos_mean == pytest.approx(-1 / (k - 1), abs=1e-13) and m.etf_cos_target == -1 / (k - 1)
     assert m.cos_std == pytest.approx(0.0, abs=1e-13)
@@ -164,7 +129,7 @@ def test_simplex_etf_and_perfect_collapse_are_exact():
 
 def test_more_classes_than_dimensions_gives_finite_gnc():
     h, y, w, _ = samples(k=50, d=3, n=500)
-    m = collapse_metrics(_stats(h, y, w, k=50), riesz_s=1.0)
+    m = collapse_metrics(drawn_stats(h, y, w, k=50), riesz_s=1.0)
     assert m.num_classes_kept == 50 > 3 + 1
     for v in (m.gnc_log_mean, m.gnc_log_std, m.riesz_mean, m.riesz_std, m.etf_error):
         assert math.isfinite(v)
@@ -173,7 +138,7 @@ def test_more_classes_than_dimensions_gives_finite_gnc():
 
 def test_coincident_means_give_infinite_cdnv():
     h = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 1.0], [0.0, 3.0], [5.0, 0.0], [6.0, 0.0]])
-    m = collapse_metrics(_stats(h, [0, 0, 1, 1, 2, 2], None, k=3))
+    m = collapse_metrics(drawn_stats(h, [0, 0, 1, 1, 2, 2], None, k=3))
     assert m.cdnv_mean == math.inf
     reasons = m.undefined()
     assert reasons["cdnv_mean"] == "two kept classes have the same mean (distance 0): infinite CDNV"
@@ -183,7 +148,7 @@ def test_coincident_means_give_infinite_cdnv():
 def test_means_at_the_global_mean_say_why_they_are_undefined():
     # Every class mean at the origin: no between-class scatter, no ETF error to normalize.
     h = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 2.0], [0.0, -2.0]])
-    m = collapse_metrics(_stats(h, [0, 0, 1, 1], None, k=2), center="weighted")
+    m = collapse_metrics(drawn_stats(h, [0, 0, 1, 1], None, k=2), center="weighted")
     assert math.isnan(m.etf_error)
     reasons = m.undefined()
     assert reasons["etf_error"] == "every class mean equals the global mean: M M^T is zero"
@@ -195,28 +160,9 @@ def test_means_at_the_global_mean_say_why_they_are_undefined():
     assert nc1_trace_ratio(torch.eye(2, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)) == 0.0
 
 
-def test_tile_size_is_recorded_and_changes_nothing_else():
-    h, y, w, W = samples(k=12, d=4, n=100)
-    stats = _stats(h, y, w, k=12)
-    tiled, whole = collapse_metrics(stats, W, tile_size=5), collapse_metrics(stats, W)
-    assert tiled.options["tile_size"] == 5 and whole.options["tile_size"] is None
-    for key, value in whole.to_dict().items():
-        if key not in ("options", "undefined") and value is not None:
-            assert tiled.to_dict()[key] == pytest.approx(value, rel=1e-12, abs=1e-15), key
-
-
-def test_a_long_sweep_warns_with_its_expected_hours(monkeypatch):
-    import ufm.metrics as metrics_module
-
-    monkeypatch.setattr(metrics_module, "expected_sweep_seconds", lambda k, d, device: 1000 * 3600.0)
-    stats = _stats(*samples(k=5, d=3, n=40)[:3], k=5)
-    with pytest.warns(UserWarning, match=r"5 kept classes \(D = 3\) is expected to take ~1000\.0 h on cpu"):
-        collapse_metrics(stats)
-
-
 def test_bad_inputs():
     h, y, w, W = samples()
-    stats = _stats(h, y, w)
+    stats = drawn_stats(h, y, w)
     with pytest.raises(ValueError, match=r"classifier must have shape \(40, 16\)"):
         collapse_metrics(stats, W[:5])
     bad = W.copy()
@@ -224,7 +170,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="classifier contains 1 NaN"):
         collapse_metrics(stats, bad)
     with pytest.raises(ValueError, match="only 1 class"):
-        collapse_metrics(_stats(h[:5], np.zeros(5, int), None, k=3))
+        collapse_metrics(drawn_stats(h[:5], np.zeros(5, int), None, k=3))
     with pytest.raises(ValueError, match="only 0 class"):
         collapse_metrics(stats, min_count=10_000)
     with pytest.raises(ValueError, match="center must be 'uniform' or 'weighted'"):
@@ -235,17 +181,6 @@ def test_bad_inputs():
         collapse_metrics(stats, cdnv_power=-1)
     with pytest.raises(TypeError, match="stats must be ClassStats"):
         collapse_metrics(h)
-
-
-@requires_cuda
-@pytest.mark.gpu
-def test_cuda_sweep_equals_cpu():
-    h, y, w, W = samples()
-    cpu = collapse_metrics(_stats(h, y, w), W, riesz_s=1.0).to_dict()
-    gpu = collapse_metrics(_stats(h, y, w).to("cuda"), torch.as_tensor(W, device="cuda"), riesz_s=1.0,
-                           tile_size=16).to_dict()
-    for key in METRIC_KEYS + DUAL_KEYS:
-        assert gpu[key] == pytest.approx(cpu[key], rel=1e-9), key
 
 
 @given(
@@ -281,63 +216,10 @@ def test_drawn_data_equals_the_naive_reference(k, d, extra, seed, zero_share, em
 @given(scale=st.floats(1e-2, 1e2), w_scale=st.floats(1e-2, 1e2))
 def test_dot_products_scale_with_both_factors(scale, w_scale):
     h, y, w, W = samples(seed=5)
-    base = collapse_metrics(_stats(h, y, w), W).to_dict()
-    scaled = collapse_metrics(_stats(h * scale, y, w), W * w_scale).to_dict()
+    base = collapse_metrics(drawn_stats(h, y, w), W).to_dict()
+    scaled = collapse_metrics(drawn_stats(h * scale, y, w), W * w_scale).to_dict()
     for key in ("dot_mean", "dot_std"):
         assert scaled[key] == pytest.approx(base[key] * scale * w_scale, rel=1e-9), key
-
-
-def test_class_table_equals_a_dense_computation():
-    """ufm.class_table against loops over a dense distance matrix (shares no code with the package)."""
-    from ufm import class_table
-
-    h, y, w, W = samples(seed=6)
-    stats = _stats(h, y, w)
-    for options in (dict(), dict(cdnv_power=4.0, center="weighted", min_count=20, tile_size=7)):
-        table = class_table(stats, W, **options)
-        s = naive_stats(h, y, 40, w)
-        kept = np.flatnonzero(s["sample_counts"] >= options.get("min_count", 1))
-        mu, n, var = s["means"][kept], s["counts"][kept], s["var_traces"][kept]
-        g = mu.mean(0) if options.get("center", "uniform") == "uniform" else (n[:, None] * mu).sum(0) / n.sum()
-        m, wk = mu - g, W[kept]
-        p = options.get("cdnv_power", 2.0)
-        assert table.class_id.tolist() == kept.tolist()
-        np.testing.assert_allclose(table.count, n, rtol=1e-12)
-        np.testing.assert_allclose(table.norm, np.linalg.norm(m, axis=1), rtol=1e-10)
-        np.testing.assert_allclose(table.dot, (wk * m).sum(1), rtol=1e-10)
-        np.testing.assert_allclose(table.nc3_cos, [wk[c] @ m[c] / np.linalg.norm(wk[c]) / np.linalg.norm(m[c])
-                                                   for c in range(len(kept))], rtol=1e-10)
-        np.testing.assert_allclose(table.dual_distance, [np.linalg.norm(wk[c] / np.linalg.norm(wk[c]) - m[c] / np.linalg.norm(m[c]))
-                                                         for c in range(len(kept))], rtol=1e-10)
-        for c in range(len(kept)):
-            others = [j for j in range(len(kept)) if j != c]
-            d = np.array([np.linalg.norm(mu[c] - mu[j]) for j in others])
-            assert table.cdnv_row_mean[c] == pytest.approx(np.mean((var[c] + var[others]) / (2 * d ** p)), rel=1e-8)
-            assert table.nearest_class[c] == kept[others[int(np.argmin(d))]]
-            assert table.nearest_distance[c] == pytest.approx(d.min(), rel=1e-8)
-        assert sorted(table.frequency_rank.tolist()) == list(range(1, len(kept) + 1))
-        assert table.count[table.frequency_rank == 1][0] == n.max()
-    lines = table.to_csv().splitlines()
-    assert lines[0].startswith("class_id,count,frequency_rank,norm,nc3_cos,dot,dual_distance") and len(lines) == len(kept) + 1
-
-
-def test_metrics_and_classes_share_one_sweep_and_equal_the_two_calls():
-    """The per-class rows ride along the metrics' own sweep: the metrics are the same numbers as
-    collapse_metrics', the table the same as class_table's."""
-    from ufm import class_table, metrics_and_classes
-
-    h, y, w, W = samples(seed=7)
-    stats = _stats(h, y, w)
-    options = dict(cdnv_power=4.0, center="weighted", min_count=20, tile_size=9)
-    metrics, table = metrics_and_classes(stats, W, **options)
-    assert metrics.to_dict() == collapse_metrics(stats, W, **options).to_dict()
-    alone = class_table(stats, W, **{k: v for k, v in options.items()})
-    for name in ("cdnv_row_mean", "nearest_class", "nearest_distance", "nc3_cos", "frequency_rank"):
-        np.testing.assert_array_equal(getattr(table, name), getattr(alone, name))
-    # Tiles of 9 and of 1024 give the same per-class rows (each pair visited once, from either side).
-    wide = class_table(stats, W, cdnv_power=4.0, center="weighted", min_count=20)
-    np.testing.assert_allclose(wide.cdnv_row_mean, table.cdnv_row_mean, rtol=1e-12)
-    np.testing.assert_array_equal(wide.nearest_class, table.nearest_class)
 
 
 def test_identical_class_means_give_nan_not_an_exception():
