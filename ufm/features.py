@@ -24,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .validate import check_finite, check_positive_int
+from .validate import check_finite
 
 
 def layer_norm_columns(H: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,14 +137,8 @@ def train_ufm(
     normalize: str = "both",
     h0: np.ndarray | torch.Tensor | None = None,
     classifier: np.ndarray | torch.Tensor | str | None = None,
-    device: str | torch.device = "auto",
     seed: int = 0,
-    snapshots: int | list[int] = 20,
-    l_mm: np.ndarray | None = None,
-    track_metrics: bool = False,
-    track_subspace: bool = False,
-    observe: Callable[[np.ndarray, np.ndarray], dict[str, Any]] | None = None,
-    progress: bool = False,
+    **run: Any,
 ) -> UFMResult:
     """Minimize loss(W, features) + (lambda_W/2)||W||^2 + (lambda_H/2)||H||^2 over W (V, d) and the
     feature model's factors (free H (d, m) by default): ``fit`` with the objects the keywords name.
@@ -154,8 +148,9 @@ def train_ufm(
     layers, ``layer_init``), "perturbed" (``beta``, anchor ``h0``), "normalized" (``radius``,
     ``normalize``) or "fixed_h" (H = ``h0`` frozen, with ``depth`` layers on top or none); ``h0`` (d, m)
     otherwise the initial H; ``classifier`` a (V, d) array or "etf" (a simplex ETF, d >= V - 1)
-    freezes W at it. The snapshots and what they record: ``ufm.fit.fit``. The defaults reach a simplex
-    ETF on balanced one-hot targets.
+    freezes W at it. ``run``: fit's options of the run itself (``device``, ``snapshots``, ``l_mm``,
+    ``track_metrics``, ``track_subspace``, ``observe``, ``progress``, ``checkpoint``, ...), documented with
+    what the snapshots record in ``ufm.fit.fit``. The defaults reach a simplex ETF on balanced one-hot targets.
     """
     family = dict(label_smoothing=float(label_smoothing), mixup_alpha=mixup_alpha, depth=depth, layer_init=layer_init,
                   beta=float(beta), radius=float(radius), normalize=normalize, bias=bias, layernorm=layernorm,
@@ -178,9 +173,8 @@ def train_ufm(
     if loss_name is None or feature_name is None:
         # objects were passed: the flat record would name the defaults; the result's ``family`` has them
         config = FitOptions(**{f.name: getattr(config, f.name) for f in fields(FitOptions)})
-    return fit(targets, config, loss=loss, features=features, classifier=config_classifier,
-               h_start=start, config=config, device=device, snapshots=snapshots, l_mm=l_mm,
-               track_metrics=track_metrics, track_subspace=track_subspace, observe=observe, progress=progress)
+    return fit(targets, config, loss=loss, features=features, classifier=config_classifier, h_start=start,
+               config=config, **run)
 
 
 _FIELDS = TrainConfig.__dataclass_fields__
