@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .features import as_matrix, hold, layer_norm_columns, sphere_columns
+from .features import as_matrix, layer_norm_columns, sphere_columns
+from .model import hold
 from .theory import etf_classifier
 
 

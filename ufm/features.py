@@ -19,16 +19,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
-from .validate import check_finite
+if TYPE_CHECKING:
+    import torch
+
+    from .model import Features
+
+# torch is imported where a method runs, so that the command line can read the registry (its names
+# and parameters) without loading it.
 
 
 def layer_norm_columns(H: torch.Tensor) -> torch.Tensor:
     """LayerNorm without affine parameters on each column h_j (norm ~ sqrt(d))."""
+    import torch
+
     return torch.nn.functional.layer_norm(H.T, (H.shape[0],)).T
 
 
@@ -39,6 +46,10 @@ def sphere_columns(H: torch.Tensor, radius: float) -> torch.Tensor:
 
 def as_matrix(value, name: str, shape: tuple[int, int], dims: str) -> torch.Tensor:
     """A given array of shape ``dims`` (e.g. "(d, m)") = ``shape`` as a tensor, its shape and values checked."""
+    import torch
+
+    from .validate import check_finite
+
     t = torch.as_tensor(np.asarray(value, dtype=np.float64) if not isinstance(value, torch.Tensor) else value)
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {dims} = {shape}, got {tuple(t.shape)}")
@@ -71,7 +82,9 @@ class FeatureModel:
         return []
 
     def build(self, H: torch.Tensor, layers: list[torch.Tensor]) -> "Features":
-        """The module fit trains: H (drawn or given) and the layers."""
+        """The module fit trains: H (drawn or given) and the layers (ufm.model.Features)."""
+        from .model import Features
+
         return Features(self, H, layers)
 
     def flops(self, batch: int) -> int:
@@ -97,7 +110,7 @@ class FeatureModel:
         return [(0.5 * scale * feature_decay) * H.square().sum()]
 
     def describe(self) -> dict:
-        return dict(name=self.name, **{k: v for k, v in vars(self).items() if not isinstance(v, (np.ndarray, torch.Tensor))})
+        return dict(name=self.name, **{k: v for k, v in vars(self).items() if not hasattr(v, "shape")})
 
 
 FreeH = FeatureModel
@@ -138,6 +151,8 @@ class SphereH(FeatureModel):
 def _layer_start(layer_init: str, depth: int, dim: int, init_scale: float, generator, dtype) -> list[torch.Tensor]:
     # Near the identity (a product of L small random matrices vanishes), or, "random", small as a
     # network on fixed inputs starts (the sequential learning of Saxe et al.).
+    import torch
+
     eye = torch.eye(dim, dtype=dtype) if layer_init == "identity" else torch.zeros(dim, dim, dtype=dtype)
     return [eye + init_scale * torch.randn(dim, dim, generator=generator, dtype=dtype) / dim ** 0.5
             for _ in range(depth)]
@@ -245,55 +260,19 @@ class DeepReLU(DeepLinear):
     name: ClassVar[str] = "deep_relu"
 
     def transform(self, module, H):
+        import torch
+
         for layer in module.layers:
             H = torch.relu(layer @ H)
         return H
 
     def layer_outputs(self, module, H):
+        import torch
+
         out = [H]
         for layer in module.layers:
             out.append(torch.relu(layer @ out[-1]))
         return out
-
-
-def hold(module: torch.nn.Module, name: str, tensor: torch.Tensor, *, trains: bool) -> None:
-    """``tensor`` as a trained parameter of ``module``, or as a frozen buffer (moved by .to(), no gradient)."""
-    if trains:
-        setattr(module, name, torch.nn.Parameter(tensor))
-    else:
-        module.register_buffer(name, tensor)
-
-
-class Features(torch.nn.Module):
-    """A feature model built for a problem: H (d, m) (a parameter, or a buffer when frozen), the model's
-    trained layers and its anchor, with the features and the ridge of a batch of columns."""
-
-    def __init__(self, model: FeatureModel, H: torch.Tensor, layers: list[torch.Tensor]):
-        super().__init__()
-        self.model = model
-        hold(self, "H", H, trains=model.trains_h)
-        self.layers = torch.nn.ParameterList(layers)
-        for name, tensor in model.buffers(H).items():
-            self.register_buffer(name, tensor)
-
-    def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.transform(self, self.H if batch is None else self.H[:, batch])
-
-    def trained(self) -> list[torch.Tensor]:
-        """H (unless frozen) and the layers, in that order."""
-        return [p for p in (self.H, *self.layers) if isinstance(p, torch.nn.Parameter)]
-
-    def initial_words(self, drawn: torch.Tensor) -> torch.Tensor:
-        """The classifier's start: fit's draw (a model with its own head gives that instead)."""
-        return drawn
-
-    def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """H and every layer's output (d, B) (one entry without layers)."""
-        return self.model.layer_outputs(self, self.H if batch is None else self.H[:, batch])
-
-    def penalty_terms(self, weight_decay: float, feature_decay: float, batch, scale: float) -> list:
-        H = self.H if batch is None else self.H[:, batch]
-        return self.model.penalty_terms(self, weight_decay, feature_decay, H, batch, scale)
 
 
 # name -> the feature model's class (``train_ufm(features=NAME)``)
@@ -301,3 +280,7 @@ FEATURE_MODELS: dict[str, type[FeatureModel]] = {
     "free": FreeH, "layernorm": LayerNormH, "sphere": SphereH, "deep_linear": DeepLinear,
     "perturbed": Perturbed, "fixed_h": FixedH, "deep_relu": DeepReLU,
 }
+# train_ufm's and `collapse simulate`'s ``features`` names: the registry's, with "normalized" (the sphere
+# on the features, the words or both) in place of "layernorm" and "sphere" (flags there)
+FEATURE_NAMES = ("free", "deep_linear", "perturbed", "normalized", "fixed_h",
+                 *(n for n in FEATURE_MODELS if n not in ("free", "deep_linear", "perturbed", "fixed_h", "layernorm", "sphere")))

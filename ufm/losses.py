@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 import numpy as np
-import torch
 
-from .model import soft_label_ce, support_logits
+if TYPE_CHECKING:
+    import torch
+
+# torch (and ufm.model) are imported where a loss is computed, so that the command line can read the
+# registry (its names and parameters) without loading them.
 
 
 class Batch(NamedTuple):
@@ -64,6 +67,8 @@ class CrossEntropy(Loss):
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def __call__(self, W, F, bias, batch: Batch, *, chunk_entries: int | None) -> torch.Tensor:
+        from .model import soft_label_ce, support_logits
+
         ce = soft_label_ce(W, F, bias, *batch, chunk_entries=chunk_entries)
         if self.label_smoothing == 0:
             return ce
@@ -82,6 +87,10 @@ class MSE(Loss):
     name: ClassVar[str] = "mse"
 
     def __call__(self, W, F, bias, batch: Batch, *, chunk_entries: int | None) -> torch.Tensor:
+        import torch
+
+        from .model import support_logits
+
         pi, tokens, cols, probs = batch
         sq = (F * ((W.T @ W) @ F)).sum(0)  # (B,) ||W h_j||^2
         if bias is not None:
@@ -122,6 +131,8 @@ def mixup(H: torch.Tensor, batch: Batch, alpha: float, rng: np.random.Generator)
 
     The mixed target lam_i p_i + (1 - lam_i) p_k keeps both supports, so its non-zeros are the batch's
     own entries (weight lam) and the partner's (weight 1 - lam), as separate COO entries."""
+    import torch
+
     pi, tokens, cols, probs = batch
     B = H.shape[1]
     perm = torch.as_tensor(rng.permutation(B), device=H.device)
@@ -150,6 +161,8 @@ class Focal(Loss):
             raise ValueError(f"gamma must be >= 0, got {self.gamma}")
 
     def __call__(self, W, F, bias, batch: Batch, *, chunk_entries: int | None) -> torch.Tensor:
+        import torch
+
         pi, tokens, cols, probs = batch
         logits = W @ F + (bias[:, None] if bias is not None else 0.0)  # (V, B)
         log_s = torch.log_softmax(logits, 0)[tokens, cols]  # (nnz,) on the support

@@ -10,9 +10,14 @@ held: m = 100,000 contexts and V = 50,000 tokens fit a GPU.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .targets import NTPTargets
+
+if TYPE_CHECKING:
+    from .features import FeatureModel
 
 # A logits chunk holds at most this many entries (2^25 float64 = 256 MiB).
 CHUNK_ENTRIES = 1 << 25
@@ -161,3 +166,43 @@ class UFMModel(torch.nn.Module):
                 self.feature_module.penalty_terms(weight_decay, feature_decay, batch, scale):
             total = total + term
         return total
+
+
+def hold(module: torch.nn.Module, name: str, tensor: torch.Tensor, *, trains: bool) -> None:
+    """``tensor`` as a trained parameter of ``module``, or as a frozen buffer (moved by .to(), no gradient)."""
+    if trains:
+        setattr(module, name, torch.nn.Parameter(tensor))
+    else:
+        module.register_buffer(name, tensor)
+
+
+class Features(torch.nn.Module):
+    """A feature model built for a problem: H (d, m) (a parameter, or a buffer when frozen), the model's
+    trained layers and its anchor, with the features and the ridge of a batch of columns."""
+
+    def __init__(self, model: FeatureModel, H: torch.Tensor, layers: list[torch.Tensor]):
+        super().__init__()
+        self.model = model
+        hold(self, "H", H, trains=model.trains_h)
+        self.layers = torch.nn.ParameterList(layers)
+        for name, tensor in model.buffers(H).items():
+            self.register_buffer(name, tensor)
+
+    def features(self, batch: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.transform(self, self.H if batch is None else self.H[:, batch])
+
+    def trained(self) -> list[torch.Tensor]:
+        """H (unless frozen) and the layers, in that order."""
+        return [p for p in (self.H, *self.layers) if isinstance(p, torch.nn.Parameter)]
+
+    def initial_words(self, drawn: torch.Tensor) -> torch.Tensor:
+        """The classifier's start: fit's draw (a model with its own head gives that instead)."""
+        return drawn
+
+    def layer_features(self, batch: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """H and every layer's output (d, B) (one entry without layers)."""
+        return self.model.layer_outputs(self, self.H if batch is None else self.H[:, batch])
+
+    def penalty_terms(self, weight_decay: float, feature_decay: float, batch, scale: float) -> list:
+        H = self.H if batch is None else self.H[:, batch]
+        return self.model.penalty_terms(self, weight_decay, feature_decay, H, batch, scale)

@@ -20,14 +20,12 @@ import torch
 
 from .validate import check_positive_int
 from .classifiers import FixedClassifier, LearnedClassifier
-from .features import FEATURE_MODELS, FeatureModel, FixedH, FreeH, LayerNormH, Perturbed, SphereH
+from .features import FEATURE_MODELS, FEATURE_NAMES, FeatureModel, FixedH, FreeH, LayerNormH, Perturbed, SphereH
 from .fit import DEFAULT_LR, FitOptions, Optimizer, UFMResult, fit
 from .losses import LOSSES, CrossEntropy, Loss, Mixup
 from .model import CHUNK_ENTRIES
 from .targets import NTPTargets
 
-# train_ufm's ``features`` names (the sphere of "normalized" may hold the features, the words or both)
-FEATURE_NAMES = ("free", "deep_linear", "perturbed", "normalized", "fixed_h")
 
 
 @dataclass(frozen=True)

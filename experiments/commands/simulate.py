@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 
-from ufm.io import write_json
 from experiments.commands.common import add_common, format_table, int_at_least, support_range
+from ufm.io import write_json
 
 
 def add_parser(sub) -> None:
@@ -31,19 +32,68 @@ def add_parser(sub) -> None:
     sim.add_argument("--layernorm", action="store_true")
     sim.add_argument("--snapshots", type=int_at_least(0), default=6, help="log-spaced steps reported (default 6)")
     family = sim.add_argument_group("the UFM family (train_ufm; undefined combinations are refused)")
-    family.add_argument("--loss", choices=["ce", "mse"], default="ce")
-    family.add_argument("--label-smoothing", type=float, default=0.0, help="eps (loss ce)")
-    family.add_argument("--mixup-alpha", type=float, default=None, help="mixup with Beta(alpha, alpha) (loss ce)")
-    family.add_argument("--features", choices=["free", "deep_linear", "perturbed", "normalized", "fixed_h"],
-                        default="free", help="perturbed / fixed_h use a Gaussian H0 drawn from --seed")
-    family.add_argument("--feature-decay", type=float, default=None, help="lambda_H (default: --weight-decay)")
-    family.add_argument("--depth", type=int, default=0, help="deep_linear: trained layers")
-    family.add_argument("--beta", type=float, default=0.0, help="perturbed: (beta/2)||H - H0||^2")
-    family.add_argument("--radius", type=float, default=None, help="normalized: sphere radius (default 1)")
-    family.add_argument("--normalize", choices=["features", "words", "both"], default=None,
-                        help="normalized: which vectors lie on the sphere (default both)")
+    add_family_flags(family)
     add_common(sim)
     sim.set_defaults(func=run)
+
+
+# Parameters of registered members that are arrays (drawn from --seed here), not flags.
+ARRAY_FIELDS = ("anchor", "features")
+# The loss parameters train_ufm takes by keyword; any other is given to the loss object.
+FLAT_LOSS_FIELDS = ("label_smoothing",)
+# Registry names that `collapse simulate` spells differently (the sphere is --features normalized,
+# LayerNorm the --layernorm flag).
+CLI_NAMES = {"sphere": "normalized", "layernorm": "free --layernorm"}
+
+
+def member_flags() -> dict[str, tuple[str, object, list[str]]]:
+    """Every scalar parameter of a registered loss or feature model -> (kind, its field, the members
+    that take it), read from the registries (ufm.losses.LOSSES, ufm.features.FEATURE_MODELS)."""
+    from ufm.features import FEATURE_MODELS
+    from ufm.losses import LOSSES
+
+    owners: dict[str, tuple[str, object, list[str]]] = {}
+    for kind, registry in (("loss", LOSSES), ("features", FEATURE_MODELS)):
+        for name, cls in registry.items():
+            for f in fields(cls):
+                if f.name not in ARRAY_FIELDS:
+                    owners.setdefault(f.name, (kind, f, []))[2].append(CLI_NAMES.get(name, name))
+    return owners
+
+
+def add_family_flags(group) -> None:
+    """--loss and --features from the registries, and a flag for every scalar parameter of a member,
+    saying which members take it (adding a member to a registry adds it here)."""
+    from ufm.features import FEATURE_NAMES
+    from ufm.losses import LOSSES
+
+    group.add_argument("--loss", choices=list(LOSSES), default="ce")
+    group.add_argument("--mixup-alpha", type=float, default=None, help="mixup with Beta(alpha, alpha) (loss ce)")
+    group.add_argument("--features", choices=list(FEATURE_NAMES), default="free",
+                       help="perturbed / fixed_h use a Gaussian H0 drawn from --seed")
+    group.add_argument("--feature-decay", type=float, default=None, help="lambda_H (default: --weight-decay)")
+    for name, (kind, f, members) in member_flags().items():
+        kind_type = {"float": float, "int": int, "str": str}.get(str(f.type).split(" ")[0], str)
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind_type, default=None,
+                           help=f"{kind} {', '.join(members)} (default: the member's)")
+    group.add_argument("--normalize", choices=["features", "words", "both"], default=None,
+                       help="normalized: which vectors lie on the sphere (default both)")
+
+
+def family_of(args: argparse.Namespace) -> dict:
+    """train_ufm's family keywords from the flags: a loss with parameters beyond the flat keywords is
+    passed as its object; a flag of a loss other than --loss is refused by name."""
+    from ufm.losses import LOSSES
+
+    cls = LOSSES[args.loss]
+    own = {f.name for f in fields(cls)}
+    for name, (kind, f, members) in member_flags().items():
+        if kind == "loss" and name not in FLAT_LOSS_FIELDS and getattr(args, name) is not None and name not in own:
+            raise ValueError(f"--{name.replace('_', '-')} belongs to --loss {', '.join(members)}, not --loss {args.loss}")
+    extra = {k: getattr(args, k) for k in own - set(FLAT_LOSS_FIELDS) if getattr(args, k) is not None}
+    flat = dict(depth=args.depth, beta=args.beta, layer_init=args.layer_init, label_smoothing=args.label_smoothing)
+    return dict(loss=cls(**extra) if extra else args.loss, features=args.features,
+                **{k: v for k, v in flat.items() if v is not None})
 
 
 def simulation_targets(args: argparse.Namespace):
@@ -77,8 +127,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_ufm(
         targets, args.dim, weight_decay=args.weight_decay, steps=args.steps, lr=args.lr,
         optimizer=args.optimizer, bias=args.bias, layernorm=args.layernorm, batch_size=args.batch_size,
-        loss=args.loss, label_smoothing=args.label_smoothing, mixup_alpha=args.mixup_alpha,
-        features=args.features, feature_decay=args.feature_decay, depth=args.depth, beta=args.beta,
+        mixup_alpha=args.mixup_alpha, feature_decay=args.feature_decay, **family_of(args),
         radius=args.radius or 1.0, normalize=args.normalize or "both", h0=h0,
         device=args.device, seed=args.seed, snapshots=args.snapshots, track_metrics=True, progress=True,
     )

@@ -226,3 +226,23 @@ def test_measure_writes_a_per_class_table_for_every_state(tiny_models, tiny_corp
     for i in range(3):
         layer = list(csv.DictReader((out / "layers" / f"layer_{i:02d}_classes.csv").read_text().splitlines()))
         assert layer and layer[0]["nc3_cos"] == "nan"  # the classifier meets the last state only
+
+
+def test_simulate_offers_the_registries_members_and_their_parameters(tmp_path, capsys):
+    from dataclasses import fields
+
+    from ufm.features import FEATURE_NAMES
+    from ufm.losses import LOSSES
+
+    sim = build_parser()._subparsers._group_actions[0].choices["simulate"]
+    actions = {a.dest: a for a in sim._actions}
+    assert list(actions["loss"].choices) == list(LOSSES) and list(actions["features"].choices) == list(FEATURE_NAMES)
+    assert {f.name for cls in LOSSES.values() for f in fields(cls)} <= set(actions)  # every loss parameter a flag
+    # a registered loss with its own parameter runs from the command line, and its flag belongs to it alone
+    argv = ["simulate", "--loss", "focal", "--gamma", "1.5", "--steps", "30", "--snapshots", "1", "--device", "cpu",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "ufm.json").read_text())["family"]["loss"] == {"name": "focal", "gamma": 1.5}
+    assert main(["simulate", "--gamma", "1.5", "--steps", "1", "--device", "cpu"]) == 2
+    assert "--gamma belongs to --loss focal, not --loss ce" in capsys.readouterr().err
+    assert main(["simulate", "--features", "deep_relu", "--depth", "2", "--steps", "20", "--device", "cpu"]) == 0

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from ufm import theory
-from ufm.features import DeepReLU, Features
+from ufm.features import DeepReLU
 from ufm.fit import FitOptions, fit
 from ufm.losses import MSE
+from ufm.model import Features
 from ufm.targets import one_hot
 
 

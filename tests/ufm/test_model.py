@@ -7,8 +7,8 @@ import torch
 def test_penalty_of_a_minibatch_scales_the_per_context_terms():
     """(lambda_W/2)||W||^2 + (m/B)[(lambda_H/2)||H_b||^2 + (beta/2)||H_b - H0_b||^2], written out."""
     from ufm.classifiers import LearnedClassifier, Words
-    from ufm.features import Features, Perturbed
-    from ufm.model import UFMModel
+    from ufm.features import Perturbed
+    from ufm.model import Features, UFMModel
 
     g = torch.Generator().manual_seed(0)
     h0 = torch.randn(3, 6, generator=g, dtype=torch.float64)
