@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
-from scipy.special import logsumexp
 
 from experiments._common import Run, experiment
-from ufm.low_rank import CODES, code_objective, effective_rank, numerical_rank, schatten_cost
+from ufm.low_rank import CODES, code_objective, effective_rank, numerical_rank, one_hot_ce, schatten_cost
 from ufm.targets import one_hot
 from ufm.train import train_ufm
 
@@ -70,7 +69,7 @@ def trained_row(config: Config, K: int, L: int, seed: int, args) -> dict:
     r = train_ufm(one_hot([1] * K), K, weight_decay=lam, steps=config.steps, optimizer="gd",
                   device=args.device, seed=seed, snapshots=[], **model)
     Z = r.logits()  # (K, K)
-    ce = float(np.mean(logsumexp(Z, axis=0) - np.diag(Z)))
+    ce = one_hot_ce(Z)
     objective = r.history[-1]["objective"]
     cheapest = min((code_objective(c, K, L, lam) for c in codes_for(K)), key=lambda o: o.objective)
     collapse = code_objective("collapse", K, L, lam).objective

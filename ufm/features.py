@@ -260,18 +260,14 @@ class DeepReLU(DeepLinear):
     name: ClassVar[str] = "deep_relu"
 
     def transform(self, module, H):
-        import torch
-
         for layer in module.layers:
-            H = torch.relu(layer @ H)
+            H = (layer @ H).relu()
         return H
 
     def layer_outputs(self, module, H):
-        import torch
-
         out = [H]
         for layer in module.layers:
-            out.append(torch.relu(layer @ out[-1]))
+            out.append((layer @ out[-1]).relu())
         return out
 
 

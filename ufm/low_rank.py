@@ -84,14 +84,15 @@ def code_objective(code: str, num_classes: int, depth: int, weight_decay: float)
     F = depth + 2
     ridge = schatten_cost(C, depth, weight_decay)  # at scale 1; s C costs s^(2/F) times it
 
-    def ce(s: float) -> float:
-        Z = s * C
-        return float(np.mean(logsumexp(Z, axis=0) - np.diag(Z)))
-
-    best = minimize_scalar(lambda ls: ce(math.exp(ls)) + ridge * math.exp(ls) ** (2.0 / F),
+    best = minimize_scalar(lambda ls: one_hot_ce(math.exp(ls) * C) + ridge * math.exp(ls) ** (2.0 / F),
                            bounds=(-20.0, 20.0), method="bounded", options=dict(xatol=1e-12))
     s = math.exp(best.x)
-    return CodeObjective(code, depth, len(_singular_values(C)), s, ce(s), float(best.fun))
+    return CodeObjective(code, depth, len(_singular_values(C)), s, one_hot_ce(s * C), float(best.fun))
+
+
+def one_hot_ce(Z: np.ndarray) -> float:
+    """The loss term of one context per class: (1/K) sum_k CE(Z e_k, k), Z (K, K) logits."""
+    return float(np.mean(logsumexp(Z, axis=0) - np.diag(Z)))
 
 
 def balanced_factors(Z: np.ndarray, depth: int, dim: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
