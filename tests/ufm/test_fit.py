@@ -131,3 +131,36 @@ def test_history_diagnostics_equal_numpy_from_the_logits(shared_language):
     lse = np.log(np.exp(L - L.max(0)).sum(0)) + L.max(0)
     ce = float(shared_language.pi @ (lse - (P * L).sum(0)))
     assert last["ce_minus_entropy"] == pytest.approx(ce - shared_language.entropy, rel=1e-9)
+
+
+@pytest.mark.parametrize("family", [dict(batch_size=4, mixup_alpha=0.5), dict(optimizer="gd")])
+def test_an_interrupted_run_resumes_to_the_uninterrupted_one(tmp_path, monkeypatch, family):
+    """A run killed in its 26th step, checkpointed every 10, resumes from step 20 with the minibatch and
+    mixup generators, the optimizer and the line search's step restored: the same factors and history."""
+    import torch
+
+    import ufm.fit as fit_module
+    from ufm.targets import random_supports
+    from ufm.train import train_ufm
+
+    t = random_supports(12, 6, (1, 3), probs="zipf", seed=2)
+    run = dict(weight_decay=1e-3, steps=40, device="cpu", seed=3, snapshots=[0, 10, 20, 30, 40], **family)
+    whole = train_ufm(t, 4, **run)
+    ckpt, real, calls = tmp_path / "run.ckpt", fit_module._step, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 26:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_step", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train_ufm(t, 4, checkpoint=ckpt, checkpoint_every=10, **run)
+    monkeypatch.setattr(fit_module, "_step", real)
+    resumed = train_ufm(t, 4, checkpoint=ckpt, checkpoint_every=10, **run)
+    assert resumed.resumed_from == 20 and whole.resumed_from is None
+    assert torch.equal(resumed.W, whole.W) and torch.equal(resumed.H, whole.H)
+    assert resumed.history == whole.history
+    with pytest.raises(ValueError, match="another configuration or data"):
+        train_ufm(t, 4, checkpoint=ckpt, **dict(run, weight_decay=2e-3))
