@@ -4,10 +4,12 @@
 
 A GPT-Neo of width 256 and 4 layers with random weights and the GPT-2 vocabulary size (50,257):
 the bare pass runs the model; collection also captures the unembedding's input and folds every
-labelled position into the float64 class statistics; all-layer collection does the same for each of
-the 5 entries of output_hidden_states too (6 statistics states, as `collapse measure --layers all`).
-Prints the rates, the one-layer and all-layer ratios to the bare pass, and peak memory.
-Also: the cost of hashing a model's files for its identity, next to the pass.
+labelled position into the float64 class statistics (lm_bridge.collect.fold_batch, the code
+`collapse measure` runs); all-layer collection does the same for each of the 5 entries of
+output_hidden_states too (6 statistics states sharing one row map, as `collapse measure --layers
+all`). Prints the rates, the one-layer and all-layer ratios to the bare pass, and peak memory.
+The three are interleaved, best of N, so a drift of a loaded machine hits all alike. Also: the cost
+of hashing a model's files for its identity, next to the pass.
 """
 
 from __future__ import annotations
@@ -21,15 +23,15 @@ from pathlib import Path
 import torch
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
-from lm_bridge.collect import batches, labelled_positions
+from lm_bridge.collect import FINAL, _accumulators, batches, fold_batch, labelled_positions, layer_name
 from lm_bridge.models import capture_unembedding_input, model_identity
-from ufm import StatsAccumulator
 
 
 def run(model, data, device, collect: bool, layers: bool = False) -> float:
     n_states = model.config.num_hidden_layers + 1 if layers else 0
-    accs = [StatsAccumulator(model.config.vocab_size, model.config.hidden_size, device=device)
-            for _ in range(1 + n_states)]
+    d = model.config.hidden_size
+    names = [FINAL, *(layer_name(i) for i in range(n_states))]
+    accs = _accumulators(names, dict.fromkeys(names, d), model.config.vocab_size, device, capacity=0)
     tokens = 0
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -38,13 +40,10 @@ def run(model, data, device, collect: bool, layers: bool = False) -> float:
         for ids, lengths in data:
             ids = ids.to(device)
             out = model(input_ids=ids, output_hidden_states=layers)
-            keep = labelled_positions(ids, lengths)
             if collect:
-                labels = ids[:, 1:][keep]
-                accs[0].update(store["hidden"][:, :-1][keep], labels)
-                for acc, h in zip(accs[1:], out.hidden_states if layers else ()):
-                    acc.update(h[:, :-1][keep], labels)
-            tokens += int(keep.sum())
+                tokens += fold_batch(accs, ids, lengths, store["hidden"], out.hidden_states)
+            else:
+                tokens += int(labelled_positions(ids, lengths).sum())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return tokens / (time.perf_counter() - start)
@@ -60,7 +59,7 @@ def bench(device: torch.device, blocks: int, block_size: int, batch_size: int, r
     data = list(batches(stream, batch_size))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    run(model, data[:2], device, True)  # warm-up
+    run(model, data[:2], device, True, layers=True)  # warm-up
     bare, coll, every = [], [], []
     for _ in range(repeats):  # interleaved, so drifts of the machine hit all alike
         bare.append(run(model, data, device, False))

@@ -25,8 +25,8 @@ from ufm import PRESETS, ClassStats, CollapseMetrics, collapse_metrics
 from ufm.io import atomic_write, folder_lock, write_json
 from ufm.report import measure_figures, metric_panels
 
-from .collect import (NC4_POSITIONS, CollectConfig, CollectError, NC4Result, _rank_world, collect_nc4, collect_stats,
-                      layer_name, resolve_layers, state_bytes)
+from .collect import (FINAL, NC4_POSITIONS, CollectConfig, CollectError, NC4Result, _rank_world, collect_means,
+                      collect_nc4, collect_stats, layer_name, resolve_layers)
 from .corpus import Corpus
 from .models import LoadedModel, load_model, tokenizer_identity
 
@@ -50,7 +50,7 @@ def measure_model(loaded: LoadedModel, train: Corpus, heldout: Corpus, config: C
     metrics = collapse_metrics(stats, loaded.classifier(), **PRESETS[preset])
     nc4_config = config if heldout_tokens is None else replace(config, max_tokens=heldout_tokens)
     nc4 = collect_nc4(loaded, heldout, stats, nc4_config, min_count=metrics.options["min_count"],
-                      positions=NC4_POSITIONS.get(preset, "all"), progress=False)
+                      max_count=metrics.options["max_count"], positions=NC4_POSITIONS.get(preset, "all"), progress=False)
     return Measurement(stats, metrics, nc4)
 
 
@@ -96,35 +96,49 @@ def refuse_foreign_run(out: Path, loaded: LoadedModel, overwrite: bool) -> None:
 
 
 def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
-                   *, heldout: Corpus | None = None, progress: bool = True) -> dict[str, Any] | None:
+                   *, heldout: Corpus | None = None, ood: Corpus | None = None, progress: bool = True
+                   ) -> dict[str, Any] | None:
     """Measure ``loaded`` into ``out``; the summary written to metrics.json (None on ranks > 0).
     Rank 0 holds ``out``'s lock for the run: a second measure into the same folder is refused."""
     lock = folder_lock(out, "collapse measure") if _rank_world()[0] == 0 else contextlib.nullcontext()
     with lock:
-        return _measure_folder(loaded, corpus, out, config, options, heldout=heldout, progress=progress)
+        return _measure_folder(loaded, corpus, out, config, options, heldout=heldout, ood=ood, progress=progress)
 
 
 def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
-                    *, heldout: Corpus | None, progress: bool) -> dict[str, Any] | None:
+                    *, heldout: Corpus | None, ood: Corpus | None, progress: bool) -> dict[str, Any] | None:
     refuse_foreign_run(out, loaded, options.overwrite)
     result = collect_stats(loaded, corpus, config, checkpoint=out / "checkpoint.safetensors", progress=progress)
     nc4 = None
     if heldout is not None:
         nc4 = collect_nc4(loaded, heldout, result.stats, config, min_count=options.metrics.get("min_count", 1),
-                          positions=options.nc4_positions, layer_stats=result.layers, progress=progress)
+                          max_count=options.metrics.get("max_count"), positions=options.nc4_positions,
+                          layer_stats=result.layers, progress=progress)
+    ood_means = None if ood is None else collect_means(loaded, ood, config, tuple(result.layers))
     if _rank_world()[0] != 0:
         return None
     classifier = loaded.classifier()
-    metrics, table = ufm.metrics_and_classes(result.stats, classifier, **options.metrics)
+    kept = {k: options.metrics[k] for k in ("center", "min_count", "max_count") if k in options.metrics}
+
+    def per_state(key, stats: ClassStats, classifier=None) -> tuple[CollapseMetrics, float | None]:
+        """Metrics, classes.csv (with NC4 per class) and NC5 of one state."""
+        metrics, table = ufm.metrics_and_classes(stats, classifier, **options.metrics)
+        if nc4 is not None:
+            table = table.with_nc4(*nc4.per_class[key])
+        csv_path = out / "classes.csv" if key == FINAL else out / "layers" / f"{layer_name(key)}_classes.csv"
+        write_class_table(csv_path, table)
+        nc5 = None if ood_means is None else ufm.ood_orthogonality(stats, ood_means[key], **kept)
+        return metrics, nc5
+
+    metrics, nc5 = per_state(FINAL, result.stats, classifier)
     result.stats.save(out / "stats.safetensors")
-    write_class_table(out / "classes.csv", table)
     layers = {}
     for i, stats in result.layers.items():
         stats.save(out / "layers" / f"{layer_name(i)}.safetensors")
         # The classifier meets the last hidden state only: NC3 is not defined for inner layers.
-        layer_metrics, layer_table = ufm.metrics_and_classes(stats, **options.metrics)
-        write_class_table(out / "layers" / f"{layer_name(i)}_classes.csv", layer_table)
-        layers[str(i)] = dict(metrics=layer_metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.layers.get(i))
+        layer_metrics, layer_nc5 = per_state(i, stats)
+        layers[str(i)] = dict(metrics=layer_metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.layers.get(i),
+                              nc5_ood=layer_nc5)
     figures = measure_figures(result.stats, classifier, out, cdnv_power=metrics.options["cdnv_power"],
                               center=metrics.options["center"], min_count=metrics.options["min_count"],
                               title=model_label(loaded.path))
@@ -138,6 +152,7 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
         metrics=metrics.to_dict(), preset=options.preset,
         nc4_agreement=None if nc4 is None else nc4.agreement, nc4_tokens=None if nc4 is None else nc4.tokens,
         nc4_positions=None if nc4 is None else nc4.positions, val_loss=None if nc4 is None else nc4.loss,
+        nc5_ood=nc5, ood=None if ood is None else dict(path=str(ood.root), identity=ood.identity()),
         layers=layers,
         model=dict(path=str(loaded.path), name=model_label(loaded.path), identity=loaded.identity,
                    identity_seconds=loaded.identity_seconds, vocab_size=loaded.vocab_size,
@@ -146,11 +161,13 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
                     heldout=None if heldout is None else str(heldout.root)),
         tokens=result.tokens, blocks=result.blocks, resumed_blocks=result.resumed_blocks,
         collect=result.stats.metadata, seconds=result.seconds,
-        state_gib=sum(state_bytes(loaded.vocab_size, s.dim) for s in (result.stats, *result.layers.values())) / 2**30,
+        state_gib=max(result.plan.bytes_per_pass) / 2**30, passes=len(result.plan.passes),
+        classes_seen=result.stats.num_classes,
         figures=figures,
     )
     write_json(out / "metrics.json", summary)
-    (out / "checkpoint.safetensors").unlink(missing_ok=True)  # done: a rerun must not resume a finished run
+    for done in result.checkpoints:  # done: a rerun must not resume a finished run
+        done.unlink(missing_ok=True)
     return summary
 
 
@@ -235,7 +252,7 @@ def refuse_mixed_series(paths: list[Path]) -> None:
 
 
 def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions, *,
-                   layers: str | None = None, heldout: Corpus | None = None, device="cpu",
+                   layers: str | None = None, heldout: Corpus | None = None, ood: Corpus | None = None, device="cpu",
                    progress: bool = True, allow_mixed: bool = False) -> list[dict[str, Any]]:
     """Each checkpoint into ``out/<name>/`` on the same token blocks; series.csv and figures.
     ``layers`` is the --layers spec, resolved against each checkpoint as it is loaded. Checkpoints
@@ -249,7 +266,7 @@ def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: Collect
         loaded = load_model(path, device=device)
         folder = out / path.name
         summary = measure_folder(loaded, corpus, folder, replace(config, layers=parse_layers(layers, loaded)), options,
-                                 heldout=heldout, progress=progress)
+                                 heldout=heldout, ood=ood, progress=progress)
         if summary is None:
             continue
         m = summary["metrics"]
@@ -259,7 +276,8 @@ def measure_series(paths: list[Path], corpus: Corpus, out: Path, config: Collect
             print(f"warning: checkpoint {path.name} has the same content identity ({identity}) as {twin}: the same "
                   "weights, measured twice; series.csv marks it in same_weights_as", file=sys.stderr)
         rows.append(dict(name=path.name, step=step, step_source=source, val_loss=summary["val_loss"],
-                         nc4_agreement=summary["nc4_agreement"], tokens=summary["tokens"], identity=identity,
+                         nc4_agreement=summary["nc4_agreement"], nc5_ood=summary["nc5_ood"], tokens=summary["tokens"],
+                         identity=identity,
                          same_weights_as=twin or "",
                          **{k: v for k, v in m.items() if isinstance(v, (int, float)) or v is None}))
     if not rows:

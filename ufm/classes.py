@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -35,9 +35,20 @@ class ClassTable:
     cdnv_row_mean: np.ndarray  # (K',) mean over c' != c of (s_c + s_c') / (2 ||mu_c - mu_c'||^p)
     nearest_class: np.ndarray  # (K',) int64: the class id of the nearest other class mean
     nearest_distance: np.ndarray  # (K',) ||mu_c - mu_nearest||
+    # NC4 on held-out text, by true next token: positions where the nearest class mean is (hits)
+    # or is not (misses) the model's own prediction; None when no held-out text was measured.
+    nc4_hits: np.ndarray | None = None  # (K',) int64
+    nc4_misses: np.ndarray | None = None  # (K',) int64
+
+    def with_nc4(self, class_ids: np.ndarray, hits: np.ndarray, misses: np.ndarray) -> ClassTable:
+        """The table with NC4 hits and misses per class, given for the classes ``class_ids``
+        (a class of the table without held-out positions gets 0 and 0)."""
+        index = {int(c): i for i, c in enumerate(np.asarray(class_ids).tolist())}
+        pick = lambda v: np.array([v[index[c]] if c in index else 0 for c in self.class_id.tolist()], dtype=np.int64)  # noqa: E731
+        return replace(self, nc4_hits=pick(np.asarray(hits)), nc4_misses=pick(np.asarray(misses)))
 
     def to_csv(self) -> str:
-        names = [f.name for f in fields(self)]
+        names = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(names)
@@ -65,8 +76,8 @@ def metrics_and_classes(stats: ClassStats, classifier=None, **options) -> tuple[
     rank = torch.empty_like(order)
     rank[order] = torch.arange(1, k + 1, device=order.device)
     as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    table = ClassTable(class_id=as_np(c.ids), count=as_np(c.counts), frequency_rank=as_np(rank), norm=as_np(c.norms),
+    table = ClassTable(class_id=as_np(c.labels), count=as_np(c.counts), frequency_rank=as_np(rank), norm=as_np(c.norms),
                        nc3_cos=as_np(cos), dot=as_np(dot), dual_distance=as_np(dist),
-                       cdnv_row_mean=as_np(rows.cdnv_sum / (2 * (k - 1))), nearest_class=as_np(c.ids[rows.nearest]),
+                       cdnv_row_mean=as_np(rows.cdnv_sum / (2 * (k - 1))), nearest_class=as_np(c.labels[rows.nearest]),
                        nearest_distance=as_np(rows.nearest_d2.sqrt()))
     return metrics, table

@@ -41,6 +41,7 @@ class MetricOptions:
     tile_size: int | None = None  # pairwise tile edge; None: 1024 on CPU, 8192 on CUDA
     riesz_s: float | None = None  # also report the Riesz s-kernel ||m^_c - m^_c'||^-s
     spread_ddof: int = 0  # std over classes (norms, NC3 cosines): 0 population, 1 Bessel (LC code)
+    max_count: int | None = None  # classes with more samples are left out too (LC's -Mpc): the commonest tokens
 
     def __post_init__(self) -> None:
         if self.center not in ("uniform", "weighted"):
@@ -54,6 +55,10 @@ class MetricOptions:
             raise ValueError(f"riesz_s must be positive, got {self.riesz_s!r}")
         if self.spread_ddof not in (0, 1):
             raise ValueError(f"spread_ddof must be 0 or 1, got {self.spread_ddof!r}")
+        if self.max_count is not None:
+            check_positive_int(self.max_count, "max_count")
+            if self.max_count < self.min_count:
+                raise ValueError(f"max_count={self.max_count} is below min_count={self.min_count}: no class is kept")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> MetricOptions:
@@ -68,6 +73,7 @@ class CollapseMetrics:
     num_pairs: int
     nc1_trace_ratio: float  # Tr(S_W S_B^+) / K
     nc1_quotient: float  # Tr S_W / Tr S_B (the scalar quotient; Tirer et al.'s within-class variability)
+    nc1_svd: float  # Tr(S_W S_B^+) over the top min(K-1, D) eigenpairs of S_B, not divided by K (Han et al.)
     cdnv_mean: float  # mean CDNV over pairs of kept classes
     cdnv_std: float
     norm_mean: float  # mean ||m_c||
@@ -137,6 +143,7 @@ def collapse_metrics(
     tile_size: int | None = None,
     riesz_s: float | None = None,
     spread_ddof: int = 0,
+    max_count: int | None = None,
 ) -> CollapseMetrics:
     """Every neural-collapse metric of ``stats`` (and of the classifier ``W`` (K, D), if given).
 
@@ -148,14 +155,16 @@ def collapse_metrics(
     Two kept classes with identical means make the CDNV infinite; a kept class whose mean equals
     the global mean has no direction, and the cosine metrics become NaN.
     """
-    return collapse_sweep(stats, classifier, MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s, spread_ddof))[0]
+    opts = MetricOptions(cdnv_power, center, min_count, tile_size, riesz_s, spread_ddof, max_count)
+    return collapse_sweep(stats, classifier, opts)[0]
 
 
 @dataclass(frozen=True)
 class KeptClasses:
     """The kept classes of a set of statistics, centered, with the classifier's rows for them."""
 
-    ids: torch.Tensor  # (K',) int64 class ids with at least min_count samples
+    ids: torch.Tensor  # (K',) int64 rows of the statistics with min_count (to max_count) samples
+    labels: torch.Tensor  # (K',) int64 their class ids (the token ids; = ids unless the statistics are sparse)
     means: torch.Tensor  # (K', D) mu_c
     counts: torch.Tensor  # (K',) n_c
     var_traces: torch.Tensor  # (K',) sigma2_c
@@ -177,19 +186,20 @@ def kept_classes(stats: ClassStats, classifier, opts: MetricOptions) -> KeptClas
     if not isinstance(stats, ClassStats):
         raise TypeError(f"stats must be ClassStats, got {type(stats).__name__}")
     dev = stats.device
-    kept = torch.nonzero(stats.sample_counts >= opts.min_count).flatten()  # (K',)
+    kept = kept_rows(stats, opts.min_count, opts.max_count)  # (K',)
     k = int(kept.numel())
     if k < 2:
-        raise ValueError(
-            f"only {k} class(es) have at least min_count={opts.min_count} samples; "
-            "collapse metrics need at least 2"
-        )
+        span = f"at least min_count={opts.min_count}" + ("" if opts.max_count is None else f" and at most max_count={opts.max_count}")
+        raise ValueError(f"only {k} class(es) have {span} samples; collapse metrics need at least 2")
+    labels = stats.ids[kept]
     w = None
     if classifier is not None:
+        # The classifier has a row per class of the label space (the model's vocabulary), also
+        # when the statistics hold only the classes seen.
         w = as_tensor(classifier, "classifier", device=dev, dtype=torch.float64)
-        check_shape(w, "classifier", (stats.num_classes, stats.dim))
+        check_shape(w, "classifier", (stats.label_space, stats.dim))
+        w = w[labels]  # (K', D)
         check_finite(w, "classifier")
-        w = w[kept]  # (K', D)
     means = stats.means[kept]  # (K', D)
     counts = stats.counts[kept]
     if opts.center == "uniform":
@@ -197,7 +207,15 @@ def kept_classes(stats: ClassStats, classifier, opts: MetricOptions) -> KeptClas
     else:
         global_mean = (counts[:, None] * means).sum(0) / counts.sum()
     centered = means - global_mean  # (K', D)
-    return KeptClasses(kept, means, counts, stats.var_traces[kept], centered, centered.norm(dim=1), w)
+    return KeptClasses(kept, labels, means, counts, stats.var_traces[kept], centered, centered.norm(dim=1), w)
+
+
+def kept_rows(stats: ClassStats, min_count: int = 1, max_count: int | None = None) -> torch.Tensor:
+    """(K',) the rows of the classes the metrics keep: min_count <= samples (<= max_count)."""
+    keep = stats.sample_counts >= min_count
+    if max_count is not None:
+        keep &= stats.sample_counts <= max_count
+    return torch.nonzero(keep).flatten()
 
 
 def collapse_sweep(stats: ClassStats, classifier, opts: MetricOptions, per_class: bool = False
@@ -231,6 +249,7 @@ def collapse_sweep(stats: ClassStats, classifier, opts: MetricOptions, per_class
         num_pairs=pairs.num_pairs,
         nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, c.centered),
         nc1_quotient=_ratio(float(torch.trace(stats.within_scatter)), float(c.centered.square().sum()) / k),
+        nc1_svd=nc1_svd(stats.within_scatter, c.centered),
         cdnv_mean=pairs.cdnv[0],
         cdnv_std=pairs.cdnv[1],
         norm_mean=norm_mean,
@@ -277,6 +296,36 @@ def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) 
     v = evecs[:, keep]  # (D, r)
     projected = (v * (within_scatter @ v)).sum(0)  # (r,) v^T S_W v
     return float((projected / evals[keep]).sum()) / k
+
+
+def nc1_svd(within_scatter: torch.Tensor, centered_means: torch.Tensor) -> float:
+    """Tr(S_W S_B^+) with the pseudo-inverse built from the top r = min(K-1, D) eigenpairs of
+    S_B = M^T M / K, not divided by K: the SVD form of NC1 (Han, Papyan & Donoho, ICLR 2022; the
+    peer library's ``variability_pinv(svd=True)``). It equals K x nc1_trace_ratio when S_B has full
+    rank r; a fixed r (no threshold) makes it blow up, rather than drop a direction, where the class
+    means lose rank."""
+    k, d = centered_means.shape
+    between = centered_means.T @ centered_means / k  # (D, D)
+    evals, evecs = torch.linalg.eigh(between)  # ascending
+    r = min(k - 1, d)
+    v, lam = evecs[:, d - r:], evals[d - r:]  # (D, r), (r,)
+    projected = (v * (within_scatter @ v)).sum(0)  # (r,) v^T S_W v
+    return float((projected / lam).sum())
+
+
+def ood_orthogonality(stats: ClassStats, ood_mean, *, center: Literal["uniform", "weighted"] = "uniform",
+                      min_count: int = 1, max_count: int | None = None) -> float:
+    """NC5 (Ammar et al., "NECO", ICLR 2024): the mean over kept classes of |cos(m_c, m_OOD)|, with
+    m_c = mu_c - mu_G the centered class means and m_OOD = mu_OOD - mu_G the global mean of
+    out-of-distribution features (D,), both around the in-distribution global mean mu_G. 0 when the
+    OOD mean is orthogonal to every class direction; NECO's detector relies on it being small."""
+    c = kept_classes(stats, None, MetricOptions(center=center, min_count=min_count, max_count=max_count))
+    mean = as_tensor(ood_mean, "ood_mean", device=stats.device, dtype=torch.float64)
+    check_shape(mean, "ood_mean", (stats.dim,))
+    check_finite(mean, "ood_mean")
+    ood = mean - (c.means[0] - c.centered[0])  # (D,) around mu_G
+    cos = (c.centered @ ood) / (c.norms * ood.norm())  # (K',)
+    return float(cos.abs().mean())
 
 
 def variability_ratio(stats: ClassStats) -> float:

@@ -100,11 +100,11 @@ def shuffled_correlation(a: np.ndarray, b: np.ndarray, seed: int = 0) -> float:
 def restrict_classes(stats: ClassStats, classes: np.ndarray) -> ClassStats:
     """The same statistics with every class outside ``classes`` emptied (so the metrics drop them);
     the pooled S_W, which has no per-class parts, is kept as is."""
-    keep = torch.zeros(stats.num_classes, dtype=torch.bool, device=stats.device)
-    keep[torch.as_tensor(classes, device=stats.device)] = True
+    keep = torch.isin(stats.ids, torch.as_tensor(classes, device=stats.device))  # (K,) by class id
     zero = lambda t: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, torch.zeros_like(t))  # noqa: E731
     return ClassStats(zero(stats.counts), zero(stats.sample_counts), zero(stats.means), zero(stats.var_traces),
-                      stats.within_scatter, dict(stats.metadata, restricted_to=len(classes)))
+                      stats.within_scatter, dict(stats.metadata, restricted_to=len(classes)),
+                      class_ids=stats.class_ids, num_labels=stats.num_labels)
 
 
 def metric_panels(x, rows: list[dict], panels: list[tuple[str, str, bool]], path: Path, *, xlabel: str, title: str,

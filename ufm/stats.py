@@ -58,6 +58,11 @@ class ClassStats:
     var_traces: torch.Tensor  # (K,) float64: sigma2_c = (1/n_c) sum w ||h - mu_c||^2
     within_scatter: torch.Tensor  # (D, D) float64: S_W = (1/N) sum w (h - mu_y)(h - mu_y)^T
     metadata: dict[str, Any] = field(default_factory=dict)  # provenance: model, corpus, options
+    # Sparse statistics hold only some classes: row r is class class_ids[r] (strictly increasing)
+    # of a label space of num_labels classes (a 128k vocabulary of which a corpus sees a few
+    # thousand). None: row r is class r and the label space is the K rows.
+    class_ids: torch.Tensor | None = None  # (K,) int64
+    num_labels: int | None = None
 
     def __post_init__(self) -> None:
         # Statistics are float64 with int64 counts; tensors of a narrower type (a float32 file, a
@@ -85,6 +90,21 @@ class ClassStats:
         if bool((self.var_traces < 0).any()):
             bad = int((self.var_traces < 0).sum())
             raise ValueError(f"var_traces must be non-negative (variances); {bad} class(es) are negative")
+        self._check_class_ids(k)
+
+    def _check_class_ids(self, k: int) -> None:
+        if self.class_ids is None:
+            if self.num_labels is not None and self.num_labels != k:
+                raise ValueError(f"num_labels={self.num_labels} without class_ids must equal the {k} rows")
+            return
+        ids = self.class_ids
+        if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
+            raise ValueError("class_ids must be an int64 tensor")
+        check_shape(ids, "class_ids", (k,))
+        if not (isinstance(self.num_labels, int) and self.num_labels >= k):
+            raise ValueError(f"class_ids need num_labels, an integer >= the {k} rows, got {self.num_labels!r}")
+        if k and (int(ids[0]) < 0 or int(ids[-1]) >= self.num_labels or bool((ids[1:] <= ids[:-1]).any())):
+            raise ValueError(f"class_ids must be strictly increasing class ids in [0, {self.num_labels})")
 
     @property
     def num_classes(self) -> int:
@@ -100,6 +120,28 @@ class ClassStats:
         return float(self.counts.sum())
 
     @property
+    def ids(self) -> torch.Tensor:
+        """(K,) int64: the class id of each row."""
+        if self.class_ids is not None:
+            return self.class_ids
+        return torch.arange(self.num_classes, device=self.device)
+
+    @property
+    def label_space(self) -> int:
+        """The number of classes labels range over (the vocabulary); >= num_classes when sparse."""
+        return self.num_labels if self.class_ids is not None else self.num_classes
+
+    def compact(self) -> ClassStats:
+        """The same statistics holding only the classes with samples (sparse): what a sparse
+        accumulator computes, and what every metric sees (they drop empty classes)."""
+        rows = torch.nonzero(self.sample_counts > 0).flatten()
+        return ClassStats(
+            **{name: getattr(self, name)[rows] for name in _TENSOR_NAMES if name != "within_scatter"},
+            within_scatter=self.within_scatter, metadata=dict(self.metadata),
+            class_ids=self.ids[rows].clone(), num_labels=self.label_space,
+        )
+
+    @property
     def device(self) -> torch.device:
         return self.means.device
 
@@ -107,12 +149,16 @@ class ClassStats:
         return ClassStats(
             **{name: getattr(self, name).to(device) for name in _TENSOR_NAMES},
             metadata=dict(self.metadata),
+            class_ids=None if self.class_ids is None else self.class_ids.to(device), num_labels=self.num_labels,
         )
 
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file (tensors + JSON header metadata + a sha256 of the tensors),
         atomically."""
         tensors = {name: getattr(self, name).detach().cpu().contiguous() for name in _TENSOR_NAMES}
+        if self.class_ids is not None:
+            tensors |= dict(class_ids=self.class_ids.cpu().contiguous(),
+                            num_labels=torch.tensor([self.num_labels], dtype=torch.int64))
         return _save_tensors(path, tensors, FORMAT_NAME, self.metadata)
 
     @classmethod
@@ -121,8 +167,13 @@ class ClassStats:
         missing = [n for n in _TENSOR_NAMES if n not in tensors]
         if missing:
             raise StatsFileError(f"{path} lacks the tensor(s) {', '.join(missing)}")
+        sparse = {}
+        if "class_ids" in tensors:
+            if tensors.get("num_labels") is None or tensors["num_labels"].numel() != 1:
+                raise StatsFileError(f"{path} holds class_ids without num_labels")
+            sparse = dict(class_ids=tensors["class_ids"], num_labels=int(tensors["num_labels"][0]))
         try:
-            return cls(**{n: tensors[n] for n in _TENSOR_NAMES}, metadata=metadata)
+            return cls(**{n: tensors[n] for n in _TENSOR_NAMES}, metadata=metadata, **sparse)
         except ValueError as err:
             raise StatsFileError(f"{path} holds inconsistent statistics: {err}") from err
 
@@ -190,7 +241,7 @@ def save_accumulators(path: str | Path, accumulators: dict[str, StatsAccumulator
     tensors = {}
     for name, acc in accumulators.items():
         for key, value in acc.state().items():
-            tensors[f"{name}/{key}"] = value.detach().cpu().contiguous()
+            tensors[f"{name}/{key}"] = value.detach().cpu().clone()  # states share their row ids: one copy each
     return _save_tensors(path, tensors, CHECKPOINT_FORMAT, metadata)
 
 
@@ -227,46 +278,179 @@ def _read_header(path: Path) -> dict[str, str]:
     return meta if isinstance(meta, dict) else {}
 
 
+@dataclass(frozen=True)
+class BatchClasses:
+    """The label side of one batch, computed once and shared by every accumulator over the same
+    labels (the layers of one forward pass): the state rows of its classes, which row each sample
+    adds to, and the classes' weights and sample counts in the batch."""
+
+    rows: torch.Tensor  # (Kb,) int64 state row of each class in the batch
+    inverse: torch.Tensor  # (B,) int64 index into rows of each sample
+    weight: torch.Tensor  # (Kb,) float64 n_b of each class
+    count: torch.Tensor  # (Kb,) int64 samples of each class
+    sample_weights: torch.Tensor | None  # (B,) float64, None for unit weights
+    keep: torch.Tensor | None  # (B0,) bool: the samples of positive weight, None when all are
+
+
+class ClassRows:
+    """Which state row holds which class, shared by accumulators that see the same labels.
+
+    Dense: row c is class c for all K classes. Sparse: rows are allocated as classes are first seen,
+    so a state holds only the classes that occur (a 10M-token text sees a fraction of a 128k
+    vocabulary); ``ids`` maps rows back to class ids."""
+
+    def __init__(self, num_classes: int, *, sparse: bool = False, device: str | torch.device = "cpu"):
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.sparse = bool(sparse)
+        self.device = torch.device(device)
+        if self.sparse:
+            self._row_of = torch.full((num_classes,), -1, dtype=torch.int64, device=self.device)  # (K,)
+            self._ids = torch.zeros(0, dtype=torch.int64, device=self.device)  # (R,)
+
+    @property
+    def size(self) -> int:
+        """Rows in use."""
+        return int(self._ids.numel()) if self.sparse else self.num_classes
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """(R,) class id of each row."""
+        return self._ids if self.sparse else torch.arange(self.num_classes, device=self.device)
+
+    def rows_for(self, classes: torch.Tensor) -> torch.Tensor:
+        """(n,) the rows of distinct ``classes``, allocating rows for classes not seen before."""
+        if not self.sparse:
+            return classes
+        rows = self._row_of[classes]
+        new = classes[rows < 0]
+        if new.numel():
+            self._row_of[new] = torch.arange(self.size, self.size + new.numel(), device=self.device)
+            self._ids = torch.cat([self._ids, new])
+            rows = self._row_of[classes]
+        return rows
+
+    def batch(self, labels, weights=None) -> BatchClasses:
+        """Check a batch's labels (B,) and weights (B,) and group its samples by class."""
+        y = as_tensor(labels, "labels", device=self.device)
+        if y.dim() != 1:
+            raise ValueError(f"labels must have shape (B,), got {tuple(y.shape)}")
+        w = None
+        if weights is not None:
+            w = as_tensor(weights, "weights", device=self.device, dtype=torch.float64)
+            check_shape(w, "weights", (y.shape[0],))
+        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+            check_labels(y, self.num_classes)  # raises: labels must be integers
+        keep = None
+        if y.numel():
+            flags = [y.min().double(), y.max().double()]
+            if w is not None:
+                flags += [torch.isfinite(w).all().double(), w.min()]
+            values = torch.stack(flags).tolist()  # one device-to-host transfer: each sync stalls a GPU
+            if values[0] < 0 or values[1] >= self.num_classes:
+                check_labels(y, self.num_classes)
+            if w is not None and not values[2]:
+                check_finite(w, "weights")
+            if w is not None and values[3] < 0:
+                raise ValueError("weights must be non-negative")
+            if w is not None and values[3] == 0:
+                keep = w > 0  # samples of weight 0 contribute nothing
+                y, w = y[keep], w[keep]
+        y = y.long()
+        if self.device.type == "cuda" and not self.sparse:
+            # Over all K classes: no data-dependent shapes, so no device sync (torch.unique needs
+            # one), and the GPU never waits for the host between forward passes.
+            classes, inverse = torch.arange(self.num_classes, device=self.device), y
+        else:
+            classes, inverse = torch.unique(y, return_inverse=True)  # (Kb,), (B,)
+        kb = classes.shape[0]
+        ones = torch.ones_like(inverse)
+        count = torch.zeros(kb, dtype=torch.int64, device=self.device).index_add_(0, inverse, ones)
+        weight = count.double() if w is None else torch.zeros(kb, dtype=torch.float64, device=self.device).index_add_(0, inverse, w)
+        return BatchClasses(self.rows_for(classes), inverse, weight, count, w, keep)
+
+
 class StatsAccumulator:
     """Streaming, mergeable accumulator of :class:`ClassStats`.
 
     ``update`` folds in a batch, ``merge`` folds in another accumulator (a shard, a rank); both use
     the same Chan merge, so any split of the samples gives the same statistics to rounding.
-    State lives on ``device`` in float64 whatever the features' dtype.
+    State lives on ``device`` in float64 whatever the features' dtype. ``sparse`` allocates a class's
+    rows when it is first seen; ``rows`` shares one row map between accumulators over the same
+    labels, which then fold a batch's ``BatchClasses`` (``fold``) and do the label work once.
     """
 
-    def __init__(self, num_classes: int, dim: int, *, device: str | torch.device = "cpu"):
-        self.num_classes = check_positive_int(num_classes, "num_classes")
+    def __init__(self, num_classes: int, dim: int, *, device: str | torch.device = "cpu", sparse: bool = False,
+                 rows: ClassRows | None = None, capacity: int = 0):
         self.dim = check_positive_int(dim, "dim")
-        self.device = torch.device(device)
+        self.rows = rows if rows is not None else ClassRows(num_classes, sparse=sparse, device=device)
+        if self.rows.num_classes != num_classes:
+            raise ValueError(f"the shared rows are over {self.rows.num_classes} classes, not {num_classes}")
+        self.num_classes = self.rows.num_classes
+        self.device = self.rows.device
+        # Sparse rows start with room for ``capacity`` classes (a planned pass knows how many it
+        # will see, and never grows: growing briefly holds the old and the new arrays).
+        self._allocate(self.rows.size if not self.rows.sparse else max(capacity, self.rows.size))
+
+    def _allocate(self, capacity: int) -> None:
         f64 = dict(dtype=torch.float64, device=self.device)
-        self._n = torch.zeros(num_classes, **f64)  # (K,)
-        self._count = torch.zeros(num_classes, dtype=torch.int64, device=self.device)  # (K,)
-        self._mean = torch.zeros(num_classes, dim, **f64)  # (K, D)
-        self._m2 = torch.zeros(num_classes, **f64)  # (K,)
-        self._scatter = torch.zeros(dim, dim, **f64)  # (D, D)
+        self._n = torch.zeros(capacity, **f64)  # (R,)
+        self._count = torch.zeros(capacity, dtype=torch.int64, device=self.device)  # (R,)
+        self._mean = torch.zeros(capacity, self.dim, **f64)  # (R, D)
+        self._m2 = torch.zeros(capacity, **f64)  # (R,)
+        self._scatter = torch.zeros(self.dim, self.dim, **f64)  # (D, D)
+
+    def _grow(self) -> None:
+        """Room for every row of the (shared) row map: capacity doubles, so growth costs O(R)."""
+        need = self.rows.size
+        have = self._n.shape[0]
+        if need <= have:
+            return
+        extra = max(need, 2 * have) - have
+        self._n = torch.cat([self._n, self._n.new_zeros(extra)])
+        self._count = torch.cat([self._count, self._count.new_zeros(extra)])
+        self._mean = torch.cat([self._mean, self._mean.new_zeros(extra, self.dim)])
+        self._m2 = torch.cat([self._m2, self._m2.new_zeros(extra)])
 
     @classmethod
     def from_stats(cls, stats: ClassStats, *, device: str | torch.device | None = None):
         """The accumulator whose ``compute()`` gives ``stats`` back: resume from a checkpoint."""
-        acc = cls(stats.num_classes, stats.dim, device=device or stats.device)
-        stats = stats.to(acc.device)
-        acc._n = stats.counts.clone()
-        acc._count = stats.sample_counts.clone()
-        acc._mean = stats.means.clone()
-        acc._m2 = stats.var_traces * stats.counts
+        stats = stats.to(device or stats.device)
+        acc = cls(stats.label_space, stats.dim, device=stats.device, sparse=stats.class_ids is not None)
+        acc.rows.rows_for(stats.ids)
+        acc._grow()
+        k = stats.num_classes
+        acc._n[:k] = stats.counts
+        acc._count[:k] = stats.sample_counts
+        acc._mean[:k] = stats.means
+        acc._m2[:k] = stats.var_traces * stats.counts
         acc._scatter = stats.within_scatter * stats.total
         return acc
 
     def state(self) -> dict[str, torch.Tensor]:
-        """The raw state: weights n (K,), sample counts (K,), means (K, D), M2 (K,), scatter (D, D)."""
-        return dict(n=self._n, count=self._count, mean=self._mean, m2=self._m2, scatter=self._scatter)
+        """The raw state: weights n (R,), sample counts (R,), means (R, D), M2 (R,), scatter (D, D),
+        and for sparse rows the class id of each row (R,) and the number of classes (1,)."""
+        if not self.rows.sparse:
+            return dict(n=self._n, count=self._count, mean=self._mean, m2=self._m2, scatter=self._scatter)
+        r = self.rows.size  # the rows in use; the capacity beyond them is zeros
+        return dict(n=self._n[:r], count=self._count[:r], mean=self._mean[:r], m2=self._m2[:r], scatter=self._scatter,
+                    ids=self.rows.ids, num_classes=torch.tensor([self.num_classes], dtype=torch.int64))
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> StatsAccumulator:
         """The accumulator with exactly this raw state (a checkpoint written by ``state()``)."""
-        k, d = state["mean"].shape
-        acc = cls(k, d, device=state["mean"].device)
+        r, d = state["mean"].shape
+        dev = state["mean"].device
+        if "ids" in state:
+            acc = cls(int(state["num_classes"][0]), d, device=dev, sparse=True)
+            ids = state["ids"].to(dev)
+            if ids.shape != (r,) or ids.dtype != torch.int64 or len(torch.unique(ids)) != r:
+                raise ValueError(f"state 'ids' must be {r} distinct int64 class ids")
+            if r and (int(ids.min()) < 0 or int(ids.max()) >= acc.num_classes):
+                raise ValueError(f"state 'ids' must lie in [0, {acc.num_classes})")
+            acc.rows.rows_for(ids)
+        else:
+            acc = cls(r, d, device=dev)
+        acc._allocate(r)
         for key, attr in (("n", "_n"), ("count", "_count"), ("mean", "_mean"), ("m2", "_m2"), ("scatter", "_scatter")):
             value = state[key]
             if value.shape != getattr(acc, attr).shape or value.dtype != getattr(acc, attr).dtype:
@@ -282,69 +466,74 @@ class StatsAccumulator:
     def update(self, features, labels, weights=None) -> StatsAccumulator:
         """Fold in a batch: features (B, D), labels (B,) in [0, K), weights (B,) >= 0 or None.
 
-        Everything is checked before any state changes, so a bad batch leaves the accumulator as
-        it was. Samples of weight 0 contribute nothing. An empty batch is a no-op.
+        Everything is checked before any state changes, so a bad batch leaves the statistics as
+        they were. Samples of weight 0 contribute nothing. An empty batch is a no-op.
         """
-        h = as_tensor(features, "features", device=self.device)
-        check_shape(h, "features", (None, self.dim))
+        h = self._features(features)
         y = as_tensor(labels, "labels", device=self.device)
         check_shape(y, "labels", (h.shape[0],))
-        w = None
         if weights is not None:
-            w = as_tensor(weights, "weights", device=self.device, dtype=torch.float64)
-            check_shape(w, "weights", (h.shape[0],))
+            check_shape(as_tensor(weights, "weights"), "weights", (h.shape[0],))
+        if h.shape[0] == 0:
+            return self
+        self._check_finite(h)
+        batch = self.rows.batch(y, weights)
+        if weights is not None and not math.isfinite(float(batch.weight.sum()) + self.total):
+            raise ValueError("weights overflow: the total weight of the batch and the state is not finite in "
+                             f"float64 (largest weight {float(batch.weight.max()):.3g}); rescale the weights")
+        return self._fold(h, batch)
+
+    def fold(self, features, batch: BatchClasses) -> StatsAccumulator:
+        """Fold in features (B, D) of the samples grouped by ``batch`` (from this accumulator's
+        ``rows.batch``, shared with the other accumulators over the same labels)."""
+        h = self._features(features)
+        check_shape(h, "features", (batch.inverse.shape[0] if batch.keep is None else batch.keep.shape[0], self.dim))
+        self._check_finite(h)
+        return self._fold(h, batch)
+
+    def _features(self, features) -> torch.Tensor:
+        h = as_tensor(features, "features", device=self.device)
+        check_shape(h, "features", (None, self.dim))
         if h.dtype == torch.bool or h.is_complex():
             raise TypeError(f"features must be real numbers, got dtype {h.dtype}")
-        if h.shape[0] == 0:
-            return self
-        self._check_values(h, y, w)
-        h = h.to(torch.float64)
-        if w is None:
-            w = torch.ones(h.shape[0], dtype=torch.float64, device=self.device)
-        elif (w == 0).any():
-            keep = w > 0
-            h, y, w = h[keep], y[keep], w[keep]
-        if h.shape[0] == 0:
-            return self
+        return h.to(torch.float64)
 
-        if self.device.type == "cuda":
-            # Over all K classes: no data-dependent shapes, so no device sync (torch.unique needs
-            # one), and the GPU never waits for the host between forward passes.
-            classes, inv, kb = slice(None), y.long(), self.num_classes
-        else:
-            classes, inv = torch.unique(y.long(), return_inverse=True)  # (Kb,), (B,)
-            kb = classes.shape[0]
-        n_b = torch.zeros(kb, dtype=torch.float64, device=self.device).index_add_(0, inv, w)
-        count_b = torch.zeros(kb, dtype=torch.int64, device=self.device).index_add_(0, inv, torch.ones_like(inv))
-        sums = torch.zeros(kb, self.dim, dtype=torch.float64, device=self.device)
-        mean_b = sums.index_add_(0, inv, h * w[:, None]) / n_b.clamp_min(_TINY)[:, None]  # (Kb, D)
-        centered = h - mean_b[inv]  # (B, D): two-pass within the batch, exact enough
-        m2_b = torch.zeros(kb, dtype=torch.float64, device=self.device)
-        m2_b.index_add_(0, inv, w * centered.square().sum(1))
-        scatter_b = (centered * w[:, None]).T @ centered  # (D, D)
-        self._merge_classes(classes, n_b, count_b, mean_b, m2_b, scatter_b)
-        return self
-
-    def _check_values(self, h: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None) -> None:
-        """Range and finiteness of a batch, read back in one transfer: each device-to-host sync
-        stalls a GPU pipeline. The detailed messages are computed only on failure."""
-        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-            check_labels(y, self.num_classes)  # raises: labels must be integers
-        flags = [y.min().double(), y.max().double(), torch.isfinite(h).all().double()]
-        if w is not None:
-            flags += [torch.isfinite(w).all().double(), w.min()]
-        values = torch.stack(flags).tolist()
-        if values[0] < 0 or values[1] >= self.num_classes:
-            check_labels(y, self.num_classes)
-        if not values[2]:
+    @staticmethod
+    def _check_finite(h: torch.Tensor) -> None:
+        # NaN and Inf reach the float64 sum (an overflow of finite values only sends it to the full check).
+        if h.numel() and not math.isfinite(float(h.sum())):
             check_finite(h, "features")
-        if w is not None and not values[3]:
-            check_finite(w, "weights")
-        if w is not None and values[4] < 0:
-            raise ValueError("weights must be non-negative")
-        if w is not None and not math.isfinite(float(w.sum()) + self.total):
-            raise ValueError("weights overflow: the total weight of the batch and the state is not finite "
-                             f"in float64 (largest weight {float(w.max()):.3g}); rescale the weights")
+
+    def _fold(self, h: torch.Tensor, b: BatchClasses) -> StatsAccumulator:
+        """Chan's merge of the batch into the state, in Welford's product form: with mu_a the old
+        and mu the new mean of a sample's class, M2_c gains sum w (h - mu_a).(h - mu) and S_W gains
+        sum w (h - mu_a)(h - mu)^T, which equal the batch's centered sums plus n_a n_b / n delta
+        delta^T exactly, in one (D x B)(B x D) product. A class new to the state takes the batch
+        mean as mu_a: the two-pass centered sums, no raw moments."""
+        if b.keep is not None:
+            h = h[b.keep]
+        if h.shape[0] == 0:
+            return self
+        self._grow()
+        w = b.sample_weights
+        sums = torch.zeros(b.rows.shape[0], self.dim, dtype=torch.float64, device=self.device)
+        sums.index_add_(0, b.inverse, h if w is None else h * w[:, None])
+        mean_b = sums / b.weight.clamp_min(_TINY)[:, None]  # (Kb, D)
+        n_a = self._n[b.rows]  # (Kb,)
+        n = n_a + b.weight
+        mean_a = torch.where((n_a > 0)[:, None], self._mean[b.rows], mean_b)  # (Kb, D)
+        mean = mean_a + (mean_b - mean_a) * (b.weight / n.clamp_min(_TINY))[:, None]
+        before = h - mean_a[b.inverse]  # (B, D)
+        after = h - mean[b.inverse]  # (B, D)
+        if w is not None:
+            before = before * w[:, None]
+        self._m2.index_add_(0, b.rows[b.inverse], (before * after).sum(1))
+        product = before.T @ after  # (D, D), symmetric up to rounding
+        self._scatter += (product + product.T) / 2
+        self._mean[b.rows] = mean
+        self._n[b.rows] = n
+        self._count[b.rows] += b.count
+        return self
 
     def merge(self, other: StatsAccumulator) -> StatsAccumulator:
         """Fold in another accumulator over the same classes and dimension (a shard, a rank)."""
@@ -355,39 +544,46 @@ class StatsAccumulator:
                 f"cannot merge statistics of (K={other.num_classes}, D={other.dim}) into "
                 f"(K={self.num_classes}, D={self.dim})"
             )
-        idx = torch.nonzero(other._n > 0).flatten().to(self.device)
-        o = lambda t: t.to(self.device)  # noqa: E731
-        self._merge_classes(
-            idx, o(other._n)[idx], o(other._count)[idx], o(other._mean)[idx], o(other._m2)[idx],
-            o(other._scatter),
-        )
+        r = other.rows.size
+        present = torch.nonzero(other._n[:r] > 0).flatten()
+        o = lambda t: t[present].to(self.device)  # noqa: E731
+        rows = self.rows.rows_for(other.rows.ids[present].to(self.device))
+        self._grow()
+        n_b, mean_b = o(other._n), o(other._mean)
+        n_a = self._n[rows]
+        n = n_a + n_b
+        safe_n = n.clamp_min(_TINY)
+        delta = mean_b - self._mean[rows]  # (Kb, D)
+        coef = n_a * n_b / safe_n  # (Kb,)
+        self._mean[rows] += delta * (n_b / safe_n)[:, None]
+        self._m2[rows] += o(other._m2) + coef * delta.square().sum(1)
+        self._scatter += other._scatter.to(self.device) + (delta * coef[:, None]).T @ delta
+        self._n[rows] = n
+        self._count[rows] += o(other._count)
         return self
 
-    def _merge_classes(self, idx, n_b, count_b, mean_b, m2_b, scatter_b) -> None:
-        """Chan's merge of part b (classes ``idx``; a class with n_b = 0 changes nothing) into this state."""
-        n_a = self._n[idx]  # (Kb,)
-        n = n_a + n_b
-        safe_n = n.clamp_min(_TINY)  # classes empty on both sides: 0 / 0 would be NaN
-        delta = mean_b - self._mean[idx]  # (Kb, D)
-        coef = n_a * n_b / safe_n  # (Kb,)
-        self._mean[idx] += delta * (n_b / safe_n)[:, None]
-        self._m2[idx] += m2_b + coef * delta.square().sum(1)
-        self._scatter += scatter_b + (delta * coef[:, None]).T @ delta
-        self._n[idx] = n
-        self._count[idx] += count_b
-
     def compute(self, metadata: dict[str, Any] | None = None) -> ClassStats:
-        total = self._n.sum()
+        """The statistics: all K classes when dense; when sparse, the classes seen, in class-id order."""
+        r = self.rows.size
+        n, count, mean, m2 = self._n[:r], self._count[:r], self._mean[:r], self._m2[:r]
+        total = n.sum()
         if not bool(total > 0):
             raise ValueError("no samples were accumulated: statistics of an empty input")
-        var = torch.where(self._n > 0, self._m2 / self._n.clamp_min(_TINY), torch.zeros_like(self._m2))
+        sparse = {}
+        if self.rows.sparse:
+            order = torch.argsort(self.rows.ids)
+            order = order[n[order] > 0]  # rows allocated for a batch that failed its checks hold nothing
+            n, count, mean, m2 = n[order], count[order], mean[order], m2[order]
+            sparse = dict(class_ids=self.rows.ids[order].clone(), num_labels=self.num_classes)
+        var = torch.where(n > 0, m2 / n.clamp_min(_TINY), torch.zeros_like(m2))
         return ClassStats(
-            counts=self._n.clone(),
-            sample_counts=self._count.clone(),
-            means=self._mean.clone(),
+            counts=n.clone(),
+            sample_counts=count.clone(),
+            means=mean.clone(),
             var_traces=var,
             within_scatter=self._scatter / total,
             metadata=dict(metadata or {}),
+            **sparse,
         )
 
 

@@ -62,7 +62,7 @@ def metric_options(args: argparse.Namespace) -> dict:
     from ufm.metrics import MetricOptions
 
     base = asdict(MetricOptions.preset(args.preset) if args.preset else MetricOptions())
-    for key in ("cdnv_power", "min_count", "center", "spread_ddof"):
+    for key in ("cdnv_power", "min_count", "max_count", "center", "spread_ddof"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
     return base
@@ -72,7 +72,8 @@ def describe_options(preset: str | None, options: dict) -> str:
     """One line saying which metric choices a run used (the default's CDNV power differs from LC's)."""
     name = f"preset {preset}" if preset else "no preset (defaults; --preset lc2024 for Wu & Papyan's choices)"
     return (f"metric options, {name}: CDNV power {options['cdnv_power']:g}, global mean {options['center']}, "
-            f"min_count {options['min_count']}, spread ddof {options['spread_ddof']}")
+            f"min_count {options['min_count']}, spread ddof {options['spread_ddof']}"
+            + ("" if options.get("max_count") is None else f", max_count {options['max_count']}"))
 
 
 def add_metric_flags(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +83,8 @@ def add_metric_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cdnv-power", type=float, default=None,
                         help="CDNV distance power (default 2, Galanti et al.; lc2024: 4)")
     parser.add_argument("--min-count", type=int, default=None, help="smallest class kept (default 1)")
+    parser.add_argument("--max-count", type=int, default=None,
+                        help="largest class kept (default: no limit; LC's -Mpc): leaves out the commonest tokens")
     parser.add_argument("--center", choices=["uniform", "weighted"], default=None,
                         help="global mean: of class means (default, LC) or of samples (papyan2020)")
     parser.add_argument("--spread-ddof", type=int, choices=[0, 1], default=None,

@@ -18,6 +18,9 @@ def add_parser(sub) -> None:
     measure.add_argument("--corpus", required=True,
                          help="a corpus name (collapse data list), a text file, a folder of them, or a saved dataset")
     measure.add_argument("--heldout", default=None, help="held-out text (name or path) for NC4 and the validation loss")
+    measure.add_argument("--ood", default=None,
+                         help="out-of-distribution text (name or path): NC5, the orthogonality of its mean to the "
+                              "class means (Ammar et al., NECO)")
     measure.add_argument("--layers", default=None,
                          help="also every hidden state ('all') or some ('0,3,6'; 0 = embeddings), in the same pass")
     measure.add_argument("--block-size", type=int, default=None, help="tokens per block (default: the model's maximum)")
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     paths = expand_checkpoints(args.model)
     require_model_dirs(paths)  # every input is checked before any pass
     heldout = open_corpus(args.heldout, errors=args.errors) if args.heldout is not None else None
+    ood = open_corpus(args.ood, errors=args.errors) if args.ood is not None else None
     corpus = open_corpus(args.corpus, errors=args.errors)
     rank, world, device = init_distributed(args.device)
     options = metric_options(args)
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     config = CollectConfig(block_size=args.block_size, batch_size=args.batch_size, max_tokens=args.max_tokens,
                            checkpoint_every=args.checkpoint_every)
     if len(paths) > 1:
-        rows = measure_series(paths, corpus, args.out, config, mopts, layers=args.layers, heldout=heldout,
+        rows = measure_series(paths, corpus, args.out, config, mopts, layers=args.layers, heldout=heldout, ood=ood,
                               device=resolve_device(device), allow_mixed=args.allow_mixed)
         if rank == 0:
             print(format_table([(f"{r['name']} (step {r['step']})", r) for r in rows]))
@@ -66,20 +70,24 @@ def run(args: argparse.Namespace) -> int:
               "(a series needs two or more; no series.csv)")
     loaded = load_model(paths[0], device=resolve_device(device))
     config = replace(config, layers=parse_layers(args.layers, loaded))
-    summary = measure_folder(loaded, corpus, args.out, config, mopts, heldout=heldout)
+    summary = measure_folder(loaded, corpus, args.out, config, mopts, heldout=heldout, ood=ood)
     if summary is None:
         return 0
     if summary["resumed_blocks"]:
         print(f"resumed from {args.out}/checkpoint.safetensors: {summary['resumed_blocks']} of {summary['blocks']} "
               "blocks were measured by an earlier, interrupted run")
     print(f"model {loaded.path} (identity {loaded.identity}, hashed in {loaded.identity_seconds:.2f} s); "
-          f"statistics state {summary['state_gib']:.3f} GiB")
+          f"statistics state {summary['state_gib']:.3f} GiB for the {summary['classes_seen']:,} classes seen (of "
+          f"{loaded.vocab_size:,}) in {summary['passes']} pass(es)")
     print(format_table([(summary["model"]["name"], summary["metrics"]),
                         *((f"  hidden state {i}", v["metrics"]) for i, v in summary["layers"].items())]))
     if summary["nc4_agreement"] is not None:
         which = "whose next token is a kept class" if positions == "kept" else "all labelled positions"
         print(f"NC4 agreement on held-out text: {summary['nc4_agreement']:.4f} ({summary['nc4_tokens']} tokens, "
               f"{which}); held-out loss {summary['val_loss']:.4f} nats")
+    if summary["nc5_ood"] is not None:
+        print(f"NC5 against {args.ood}: mean |cos(class mean, OOD mean)| = {summary['nc5_ood']:.4f} (0: the OOD mean "
+              "is orthogonal to every class direction, as NECO expects)")
     print(f"{summary['tokens']} tokens in {summary['seconds']:.1f} s; wrote {args.out}/stats.safetensors, metrics.json, "
           + ", ".join(summary["figures"]))
     return 0

@@ -174,7 +174,7 @@ def test_nan_hidden_states_name_the_batch(tiny_models, tiny_corpus):
     loaded = load_model(tiny_models["gpt2"])
     with torch.no_grad():
         loaded.model.transformer.ln_f.weight.fill_(float("nan"))
-    with pytest.raises(CollectError, match=r"NaN or Inf hidden states in batch 0 \(final, blocks 0\.\.1 of this rank\)"):
+    with pytest.raises(CollectError, match=r"NaN or Inf hidden states in batch 0, blocks 0\.\.1 of this rank \(final\)"):
         collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=12, batch_size=2), progress=False)
 
 
@@ -335,18 +335,47 @@ def test_every_layer_in_one_pass_equals_output_hidden_states(family, tiny_models
     assert nc4.loss == pytest.approx(float(loss), rel=1e-9)
 
 
-def test_layers_that_cannot_fit_are_refused_before_the_pass(tiny_models, tiny_corpus, monkeypatch):
+def test_a_state_that_cannot_fit_alone_is_refused_before_the_pass(tiny_models, tiny_corpus, monkeypatch):
     loaded = load_model(tiny_models["gpt2"])
     monkeypatch.setattr(collect, "free_memory", lambda device: 3 * 2**29)
     monkeypatch.setattr(collect, "state_bytes", lambda k, d: 2**30)
     calls = []
     monkeypatch.setattr(collect, "forward_features", lambda *a, **k: calls.append(1))
-    with pytest.raises(CollectError, match=r"3 statistics states of K=\d+ x D=16 float64 need 3.00 GiB, "
+    with pytest.raises(CollectError, match=r"one statistics state of K=\d+ classes x D=16 float64 needs 1.00 GiB, "
                                            r"more than 50% of the 1.50 GiB free on cpu"):
         collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=20, layers=(0, 1)), progress=False)
     assert calls == []
     with pytest.raises(CollectError, match=r"layer\(s\) \[7\] do not exist: .* hidden states 0..2"):
         collect_stats(loaded, Corpus.open(tiny_corpus), CollectConfig(block_size=20, layers=(7,)), progress=False)
+
+
+def test_states_are_sparse_and_split_over_passes_that_equal_one_pass(tiny_models, tiny_corpus, monkeypatch, capsys):
+    """Rows only for the classes that occur; states that do not fit together go to several
+    passes over the same blocks, bit-identical to the single pass."""
+    loaded = load_model(tiny_models["gpt2"], dtype=torch.float64)
+    corpus = Corpus.open(tiny_corpus)
+    config = CollectConfig(block_size=20, batch_size=2, layers=(0, 1, 2))
+    one = collect_stats(loaded, corpus, config, progress=False)
+    assert one.plan.passes == (("final", "layer_00", "layer_01", "layer_02"),) and not one.plan.classes_counted
+    seen = sorted({t for b in token_blocks(corpus, loaded.tokenizer, 20) for t in b[1:]})
+    assert one.stats.class_ids.tolist() == seen and one.stats.num_labels == loaded.vocab_size < 2 * len(seen) + 300
+    for i, ref in direct_layer_stats(loaded, corpus, 20).items():
+        assert_same_stats(one.layers[i], ref, rtol=1e-10)
+    # Room for two states a pass, once the classes are counted (the vocabulary bound does not fit).
+    need = collect.state_bytes(len(seen), 16)
+    monkeypatch.setattr(collect, "free_memory", lambda device: 2 * (2 * need + 8 * loaded.vocab_size))
+    forwards = []
+    real = collect.forward_features
+    monkeypatch.setattr(collect, "forward_features", lambda *a, **k: forwards.append(1) or real(*a, **k))
+    split = collect_stats(loaded, corpus, config, progress=False)
+    assert split.plan.passes == (("final", "layer_00"), ("layer_01", "layer_02")) and split.plan.classes_counted
+    assert split.plan.classes == len(seen)
+    assert len(forwards) == 2 * len(list(collect.batches(token_blocks(corpus, loaded.tokenizer, 20), 2)))  # each pass
+    assert "4 statistics states of %d classes that occur in the corpus in 2 pass(es)" % len(seen) in capsys.readouterr().err
+    assert_bit_identical(split.stats, one.stats)
+    for i in (0, 1, 2):
+        assert_bit_identical(split.layers[i], one.layers[i])
+    assert split.tokens == one.tokens and split.blocks == one.blocks
 
 
 def test_two_ranks_with_layers_equal_one_process(tiny_models, tiny_corpus, tmp_path):

@@ -53,7 +53,7 @@ def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, 
     assert_same_stats(stats, reference_stats(loaded, Corpus.open(tiny_corpus), 24), rtol=1e-10)
     report = json.loads((out / "metrics.json").read_text())
     options = report["metrics"]["options"]
-    assert options == dict(PRESETS["lc2024"], min_count=2, tile_size=None, riesz_s=None)
+    assert options == dict(PRESETS["lc2024"], min_count=2, tile_size=None, riesz_s=None, max_count=None)
     # metrics.json holds exactly the metrics of the saved statistics with the model's classifier.
     want = collapse_metrics(stats, loaded.classifier(), **options).to_dict()
     assert want["dual_cos_mean"] is not None
@@ -62,7 +62,8 @@ def test_measure_cli_writes_stats_metrics_and_figures(tiny_models, tiny_corpus, 
     assert report["tokens"] == int(stats.sample_counts.sum())
     # NC4 as Wu & Papyan count it: held-out positions whose true next token is a kept class.
     h, pred, labels = heldout_features(loaded, Corpus.open(tiny_corpus / "doc0.txt"), 24)
-    kept = stats.sample_counts[labels] >= 2
+    counts = torch.zeros(stats.label_space, dtype=torch.int64).index_put_((stats.ids,), stats.sample_counts)  # by token id
+    kept = counts[labels] >= 2
     assert 0 < int(kept.sum()) < len(labels)  # the choice matters on this text
     assert report["nc4_positions"] == "kept" and report["nc4_tokens"] == int(kept.sum())
     assert report["nc4_agreement"] == nc4_agreement(h, pred, stats, labels=labels, min_count=2)

@@ -43,7 +43,7 @@ def test_options_and_presets_are_recorded():
     stats = stats_from_features(h, y, 40, w)
     lc = collapse_metrics(stats, W, **PRESETS["lc2024"])
     assert lc.options == {"cdnv_power": 4.0, "center": "uniform", "min_count": 1, "tile_size": None,
-                          "riesz_s": None, "spread_ddof": 1}
+                          "riesz_s": None, "spread_ddof": 1, "max_count": None}
     assert MetricOptions.preset("lc2024") == MetricOptions(cdnv_power=4.0, center="uniform", min_count=1,
                                                           spread_ddof=1)
     assert lc.cdnv_mean != collapse_metrics(stats, W).cdnv_mean
