@@ -195,7 +195,9 @@ def plan_passes(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, widt
     row_map = 8 * loaded.vocab_size  # the class -> row map of each pass
     k = loaded.vocab_size if config.max_tokens is None else min(loaded.vocab_size, config.max_tokens)
     counted = False
-    if row_map + sum(state_bytes(k, d) for d in widths.values()) > budget:
+    # Uncounted, rows grow by doubling as classes appear, and a growth briefly holds the old and
+    # the new arrays: up to twice the bound. Counted, each state allocates its rows once.
+    if row_map + 2 * sum(state_bytes(k, d) for d in widths.values()) > budget:
         k, counted = distinct_labels(loaded, corpus, config, block_size), True
     passes: list[list[str]] = []
     sizes: list[int] = []
@@ -276,7 +278,8 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
             ckpt = Path(checkpoint) if len(plan.passes) == 1 else Path(f"{checkpoint}.pass{i}")
             ckpt = ckpt if world == 1 else Path(f"{ckpt}.rank{rank}")
             checkpoints.append(ckpt)
-        accs, tokens, blocks, skipped = _collect_pass(loaded, corpus, config, block_size, names, widths, plan.classes,
+        capacity = plan.classes if plan.classes_counted else 0
+        accs, tokens, blocks, skipped = _collect_pass(loaded, corpus, config, block_size, names, widths, capacity,
                                                       ckpt, corpus_id, progress=progress)
         resumed += skipped
         meta = dict(model=str(loaded.path), model_identity=loaded.identity, corpus=str(corpus.root),
@@ -288,12 +291,13 @@ def collect_stats(loaded: LoadedModel, corpus: Corpus, config: CollectConfig = C
 
 
 def _collect_pass(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, block_size: int, names: tuple[str, ...],
-                  widths: dict[str, int], num_classes: int, ckpt: Path | None, corpus_id: str, *, progress: bool):
-    """One pass over the blocks into the states ``names``; (accumulators, tokens, blocks, blocks skipped)."""
+                  widths: dict[str, int], capacity: int, ckpt: Path | None, corpus_id: str, *, progress: bool):
+    """One pass over the blocks into the states ``names``, each with room for ``capacity`` classes
+    to start with; (accumulators, tokens, blocks, blocks skipped)."""
     rank, world = _rank_world()
     dev = loaded.device
     layers = [layer_index(n) for n in names if n != FINAL]
-    accs = _accumulators(names, widths, loaded.vocab_size, dev, num_classes)
+    accs = _accumulators(names, widths, loaded.vocab_size, dev, capacity)
     blocks_done = tokens = resumed = 0
     identity = None
     if ckpt is not None:

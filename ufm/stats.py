@@ -405,7 +405,7 @@ class StatsAccumulator:
         have = self._n.shape[0]
         if need <= have:
             return
-        extra = max(need, 2 * have) - have
+        extra = min(max(need, 2 * have), self.num_classes) - have
         self._n = torch.cat([self._n, self._n.new_zeros(extra)])
         self._count = torch.cat([self._count, self._count.new_zeros(extra)])
         self._mean = torch.cat([self._mean, self._mean.new_zeros(extra, self.dim)])

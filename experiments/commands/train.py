@@ -1,4 +1,5 @@
-"""`collapse train`: train a small GPT-Neo on a corpus (a checkpoint per epoch)."""
+"""`collapse train`: train a small GPT-Neo on a corpus (a checkpoint per epoch, resumable every N steps;
+data-parallel under torchrun)."""
 
 from __future__ import annotations
 
@@ -24,21 +25,28 @@ def add_parser(sub) -> None:
                        help="byte-level BPE vocabulary trained on the corpus (default 2048)")
     train.add_argument("--max-tokens", type=int_at_least(1), default=None,
                        help="training tokens per epoch (default: the whole training split)")
+    train.add_argument("--checkpoint-every", type=int_at_least(0), default=0,
+                       help="also save the resumable state every N optimizer steps (default 0: at epoch ends only); "
+                            "a killed run resumes mid-epoch to the same model")
     add_common(train, out_required=True)
     train.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from lm_bridge.collect import init_distributed
     from lm_bridge.data import open_corpus
     from lm_bridge.tokenizer import corpus_tokenizer
     from lm_bridge.train import TrainSpec, train_clm
 
+    rank, world, device = init_distributed(args.device)  # under torchrun: data-parallel (DDP)
     train, val = open_corpus(args.corpus).split()
     tokenizer = corpus_tokenizer(train, args.vocab_size)
     spec = TrainSpec(depth=args.depth, width=args.width, heads=args.heads, epochs=args.epochs,
                      weight_decay=args.weight_decay, lr=args.lr, batch_size=args.batch_size,
                      block_size=args.block_size, seed=args.seed, max_train_tokens=args.max_tokens)
-    results = train_clm(spec, tokenizer, train, val, args.out, device=args.device)
+    results = train_clm(spec, tokenizer, train, val, args.out, device=device, checkpoint_every=args.checkpoint_every)
+    if rank != 0:
+        return 0
     done = [r.epoch for r in results if r.resumed]
     if done:
         print(f"resumed the run in {args.out}: epoch(s) {', '.join(map(str, done))} were finished by an earlier run")

@@ -66,3 +66,24 @@ def long_corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tokenizer():
     return train_bpe_tokenizer(LINES, 300)
+
+
+def wide_tokenizer(texts, size: int, seed: int = 0):
+    """A word-level tokenizer of ``size`` ids whose words (those of ``texts``) sit at random ids
+    among fillers: a vocabulary as wide as Llama-3's of which a corpus sees a small, scattered part."""
+    import re
+
+    import numpy as np
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t)})
+    specials = ["<|endoftext|>", "<unk>"]
+    slots = np.random.default_rng(seed).choice(size, len(words) + 2, replace=False)
+    vocab = {f"<filler{i}>": i for i in range(size)}
+    for token, slot in zip(specials + words, slots.tolist()):
+        del vocab[f"<filler{slot}>"]
+        vocab[token] = slot
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=specials[0], unk_token=specials[1])

@@ -447,3 +447,37 @@ def test_bad_settings_are_refused_before_the_pass(tiny_models, tiny_corpus, tmp_
     assert main(other + ["--overwrite"]) == 0
     assert json.loads((tmp_path / "c" / "metrics.json").read_text())["model"]["identity"] == \
         load_model(tiny_models["llama"]).identity
+
+
+def test_every_layer_of_a_128k_vocabulary_model_is_sparse_and_equals_the_dense_computation(tmp_path, monkeypatch):
+    """A Llama-3-sized vocabulary (128,256) with small D, on a corpus that sees a few dozen
+    classes: every state holds rows for the classes seen only, and equals the dense statistics
+    of output_hidden_states to 1e-12. The free memory is set so that the vocabulary bound does
+    not fit: the classes are counted, and each state allocates exactly that many rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.lm_bridge.conftest import LINES, wide_tokenizer
+
+    tokenizer = wide_tokenizer(LINES, 128_256)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128_256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                         tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "big")
+    tokenizer.save_pretrained(tmp_path / "big")
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    (corpus_dir / "a.txt").write_text(" ".join(LINES * 3))
+    corpus = Corpus.open(corpus_dir)
+    loaded = load_model(tmp_path / "big", dtype=torch.float64)
+    dense_bytes = 4 * collect.state_bytes(128_256, 16)  # the final state and 3 hidden states, dense
+    monkeypatch.setattr(collect, "free_memory", lambda device: dense_bytes)  # half of it is the budget
+    result = collect_stats(loaded, corpus, CollectConfig(block_size=32, batch_size=3, layers=(0, 1, 2)), progress=False)
+    seen = sorted({t for b in token_blocks(corpus, loaded.tokenizer, 32) for t in b[1:]})
+    assert result.plan.classes_counted and result.plan.classes == len(seen) and len(result.plan.passes) == 1
+    assert 30 < len(seen) < 1000 and max(seen) > 100_000 and result.plan.bytes_per_pass[0] < dense_bytes / 50
+    for i, ref in direct_layer_stats(loaded, corpus, 32).items():
+        got = result.layers[i]
+        assert got.num_classes == len(seen) and got.num_labels == 128_256 and got.class_ids.tolist() == seen
+        assert_same_stats(got, ref, rtol=1e-12)
+    assert_same_stats(result.stats, result.layers[2], rtol=0)  # Llama's head reads the last hidden state

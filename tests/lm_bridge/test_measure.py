@@ -18,7 +18,7 @@ from lm_bridge.collect import CollectConfig, collect_nc4, collect_stats
 from lm_bridge.corpus import Corpus, token_blocks
 from lm_bridge.models import load_model
 from tests.lm_bridge.conftest import LINES
-from tests.lm_bridge.reference import assert_bit_identical, assert_same_stats, reference_stats
+from tests.lm_bridge.reference import assert_bit_identical, assert_same_stats, direct_layer_stats, reference_stats
 from ufm import ClassStats, PRESETS, collapse_metrics, nc4_agreement, stats_from_features
 
 
@@ -235,3 +235,50 @@ def test_sigkilled_runs_resume_bit_identical_without_temp_files(kills, tiny_mode
     assert_bit_identical(ClassStats.load(out / "stats.safetensors"), ClassStats.load(reference / "stats.safetensors"))
     leftovers = sorted(p.name for p in out.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("checkpoint"))
     assert leftovers == []
+
+
+def test_per_class_nc4_nc5_and_max_count_equal_direct_computations(tiny_models, tiny_corpus, tmp_path):
+    """classes.csv's NC4 hits and misses per true next token, NC5 against an out-of-distribution
+    text and --max-count, each against numpy on output_hidden_states."""
+    ood = tmp_path / "ood.txt"
+    ood.write_text("zebra quantum 1999 xylophone !!! ??? " * 20)
+    out = tmp_path / "run"
+    assert main(["measure", "--model", str(tiny_models["gpt2"]), "--corpus", str(tiny_corpus), "--heldout",
+                 str(tiny_corpus / "doc0.txt"), "--ood", str(ood), "--out", str(out), "--block-size", "24",
+                 "--max-count", "6", "--layers", "all", "--device", "cpu"]) == 0
+    loaded = load_model(tiny_models["gpt2"])
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["options"]["max_count"] == 6
+    dense = reference_stats(loaded, Corpus.open(tiny_corpus), 24)
+    counts = dense.sample_counts.numpy()
+    kept = np.flatnonzero((counts >= 1) & (counts <= 6))
+    assert 2 < len(kept) < int((counts > 0).sum())  # the filter dropped the commonest tokens
+    assert report["metrics"]["num_classes_kept"] == len(kept)
+    # NC4 per class, by true next token.
+    h, pred, labels = (t.numpy() for t in heldout_features(loaded, Corpus.open(tiny_corpus / "doc0.txt"), 24))
+    means = dense.means.numpy()[kept]
+    ncc = kept[np.argmin(((h[:, None, :] - means[None]) ** 2).sum(-1), axis=1)]
+    rows = list(csv.DictReader((out / "classes.csv").read_text().splitlines()))
+    assert [int(r["class_id"]) for r in rows] == kept.tolist()
+    for r in rows:
+        mine = labels == int(r["class_id"])
+        assert int(r["nc4_hits"]) == int((ncc[mine] == pred[mine]).sum())
+        assert int(r["nc4_misses"]) == int((ncc[mine] != pred[mine]).sum())
+    assert sum(int(r["nc4_hits"]) + int(r["nc4_misses"]) for r in rows) == int(np.isin(labels, kept).sum()) > 0
+    # NC5: the OOD mean of each state against its kept, centered class means.
+    with torch.no_grad():
+        states = [loaded.model(input_ids=torch.tensor([b]), output_hidden_states=True).hidden_states
+                  for b in token_blocks(Corpus.open(ood), loaded.tokenizer, 24)]
+    layer_refs = direct_layer_stats(loaded, Corpus.open(tiny_corpus), 24)
+
+    def nc5(stats, i):
+        mu = stats.means.numpy()[kept]
+        g = mu.mean(0)
+        o = torch.cat([s[i][0, :-1] for s in states]).double().numpy().mean(0) - g
+        m = mu - g
+        return np.mean(np.abs(m @ o) / (np.linalg.norm(m, axis=1) * np.linalg.norm(o)))
+
+    assert report["nc5_ood"] == pytest.approx(nc5(dense, -1), rel=1e-6)
+    assert 0 < report["nc5_ood"] < 1
+    for i in (0, 1):
+        assert report["layers"][str(i)]["nc5_ood"] == pytest.approx(nc5(layer_refs[i], i), rel=1e-6), i

@@ -79,3 +79,75 @@ def test_killed_training_resumes_at_the_next_epoch(tokenizer, tiny_corpus, tmp_p
     with pytest.raises(ValueError, match="holds a run of another spec"):
         train_clm(TrainSpec(**{**SPEC.__dict__, "width": 32}), tokenizer, train, val, tmp_path / "run",
                   device="cpu", progress=False)
+
+
+def _final_weights(path):
+    return {k: v.clone() for k, v in load_model(path).model.state_dict().items()}
+
+
+def test_killed_training_resumes_mid_epoch_bit_identical(tokenizer, tiny_corpus, tmp_path, monkeypatch):
+    """A state every 2 steps; a run killed right after its third (mid-epoch 1... 2) resumes at that
+    step and ends with the uninterrupted run's weights, bit for bit, on the CPU."""
+    import torch
+
+    import lm_bridge.train as train_mod
+
+    train, val = Corpus.open(tiny_corpus).split(every=4)
+    whole = train_clm(SPEC, tokenizer, train, val, tmp_path / "whole", device="cpu", progress=False,
+                      checkpoint_every=2)
+    real, saved = train_mod._save_state, []
+
+    def killed_after_the_third_state(path, state):
+        real(path, state)
+        saved.append((state["epoch"], state["step"]))
+        if len(saved) == 3:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train_mod, "_save_state", killed_after_the_third_state)
+    with pytest.raises(KeyboardInterrupt):
+        train_clm(SPEC, tokenizer, train, val, tmp_path / "run", device="cpu", progress=False, checkpoint_every=2)
+    assert saved[-1][1] > 0  # killed mid-epoch: the state is at a step inside an epoch
+    monkeypatch.setattr(train_mod, "_save_state", real)
+    resumed = train_clm(SPEC, tokenizer, train, val, tmp_path / "run", device="cpu", progress=False,
+                        checkpoint_every=2)
+    assert [r.val_loss for r in resumed] == [r.val_loss for r in whole]
+    assert [r.train_loss for r in resumed] == [r.train_loss for r in whole]
+    a, b = _final_weights(tmp_path / "whole" / "epoch2"), _final_weights(tmp_path / "run" / "epoch2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 0"):
+        train_clm(SPEC, tokenizer, train, val, tmp_path / "x", device="cpu", checkpoint_every=-1)
+
+
+def _train_rank(rank, corpus_dir, init_file, out_dir, spec_dict):
+    import torch
+    import torch.distributed as dist
+
+    from tests.lm_bridge.conftest import LINES
+    from lm_bridge.tokenizer import train_bpe_tokenizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    train, val = Corpus.open(corpus_dir).split(every=4)
+    train_clm(TrainSpec(**spec_dict), train_bpe_tokenizer(LINES, 300), train, val, out_dir, device="cpu",
+              progress=False)
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_train_the_model_of_one_process(tokenizer, tiny_corpus, tmp_path):
+    """DDP on 2 CPU ranks: each rank half of every batch (the last, odd batch too), the gradient
+    all-reduced. Equal to one process up to the order of float32 sums: 1e-5 after every step."""
+    import torch
+    import torch.multiprocessing as mp
+
+    spec = TrainSpec(**{**SPEC.__dict__, "batch_size": 3})  # odd batches: unequal shares, weighted
+    train, val = Corpus.open(tiny_corpus).split(every=4)
+    one = train_clm(spec, tokenizer, train, val, tmp_path / "one", device="cpu", progress=False)
+    mp.spawn(_train_rank, args=(str(tiny_corpus), str(tmp_path / "init"), str(tmp_path / "ddp"), spec.__dict__),
+             nprocs=2, join=True)
+    info = json.loads((tmp_path / "ddp" / "epoch2" / "training.json").read_text())
+    assert info["world_size"] == 2 and info["precision"] == "float32"
+    assert info["val_loss"] == pytest.approx(one[-1].val_loss, rel=1e-5)
+    assert info["train_loss"] == pytest.approx(one[-1].train_loss, rel=1e-5)
+    a, b = _final_weights(tmp_path / "one" / "epoch2"), _final_weights(tmp_path / "ddp" / "epoch2")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)

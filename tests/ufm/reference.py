@@ -36,11 +36,11 @@ def _pop_std(x, ddof=0):
 
 
 def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="uniform",
-                  min_count=1, riesz_s=None, spread_ddof=0):
+                  min_count=1, riesz_s=None, spread_ddof=0, max_count=None):
     """SCIENCE.md's definitions; spread_ddof=1 gives Wu & Papyan's code (torch.std's Bessel default
     for the spreads over classes: norms, log norms, squared norms, NC3 cosines)."""
     s = naive_stats(h, y, k, w)
-    kept = np.flatnonzero(s["sample_counts"] >= min_count)
+    kept = np.flatnonzero((s["sample_counts"] >= min_count) & (s["sample_counts"] <= (max_count or np.inf)))
     kk = len(kept)
     mu, n, var = s["means"][kept], s["counts"][kept], s["var_traces"][kept]
     g = mu.mean(0) if center == "uniform" else (n[:, None] * mu).sum(0) / n.sum()
@@ -49,6 +49,9 @@ def naive_metrics(h, y, k, w=None, classifier=None, *, cdnv_power=2.0, center="u
     out = {"num_classes_kept": kk, "num_pairs": kk * (kk - 1) // 2}
     out["nc1_trace_ratio"] = np.trace(s["within_scatter"] @ np.linalg.pinv(s_b, rtol=1e-10)) / kk
     out["nc1_quotient"] = np.trace(s["within_scatter"]) / np.trace(s_b)
+    r = min(kk - 1, m.shape[1])  # Han et al.: the top K-1 singular directions of the class means
+    u, sv, _ = np.linalg.svd(m.T / np.sqrt(kk), full_matrices=False)  # S_B = U diag(sv^2) U^T
+    out["nc1_svd"] = np.trace(u[:, :r].T @ s["within_scatter"] @ u[:, :r] / sv[:r] ** 2)
     cdnv, cos, logk, riesz = [], [], [], []
     for i in range(kk):
         for j in range(i + 1, kk):
@@ -130,7 +133,7 @@ def samples(k=40, d=16, n=800, seed=0, weighted=True):
 
 
 METRIC_KEYS = [
-    "nc1_trace_ratio", "nc1_quotient", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
+    "nc1_trace_ratio", "nc1_quotient", "nc1_svd", "cdnv_mean", "cdnv_std", "norm_mean", "norm_cov", "log_norm_cov", "norm_sq_cov", "cos_mean",
     "cos_std", "etf_error", "gnc_log_mean", "gnc_log_std",
 ]
 

@@ -8,7 +8,7 @@ from scipy.stats import ortho_group
 
 from tests.ufm.conftest import drawn_stats
 from tests.ufm.reference import DUAL_KEYS, METRIC_KEYS, NC3_KEYS, naive_metrics, samples
-from ufm import MetricOptions, PRESETS, collapse_metrics, stats_from_features
+from ufm import MetricOptions, PRESETS, StatsAccumulator, collapse_metrics, ood_orthogonality, stats_from_features
 from ufm.metrics import nc1_trace_ratio
 
 
@@ -22,6 +22,7 @@ from ufm.metrics import nc1_trace_ratio
         dict(cdnv_power=3.0, tile_size=1),
         dict(PRESETS["lc2024"]),
         dict(spread_ddof=1, center="weighted", min_count=20),
+        dict(min_count=12, max_count=22),
     ],
 )
 @pytest.mark.parametrize("weighted", [False, True])
@@ -34,7 +35,7 @@ def test_metrics_equal_naive_float64(options, weighted):
     keys = METRIC_KEYS + DUAL_KEYS + (["riesz_mean", "riesz_std"] if "riesz_s" in options else [])
     for key in keys:
         assert got[key] == pytest.approx(want[key], rel=1e-9), key
-    if options.get("min_count") == 20:
+    if options.get("min_count") == 20 or "max_count" in options:
         assert 2 <= got["num_classes_kept"] < 40  # the option really dropped classes
 
 
@@ -85,7 +86,7 @@ def test_rotation_invariance(seed):
 
 
 SCALE_FREE = [
-    "nc1_trace_ratio", "nc1_quotient", "cdnv_mean", "cdnv_std", "norm_cov", "cos_mean", "cos_std", "etf_error",
+    "nc1_trace_ratio", "nc1_quotient", "nc1_svd", "cdnv_mean", "cdnv_std", "norm_cov", "cos_mean", "cos_std", "etf_error",
     "gnc_log_mean", "gnc_log_std", *NC3_KEYS, "unc_dot_cov", "dual_dist_mean", "dual_dist_std",
 ]
 
@@ -246,3 +247,53 @@ def test_a_vocabulary_sized_sweep_states_its_expected_time():
             collapse_metrics(stats)
         finally:
             metrics_module.LONG_SWEEP_SECONDS = old
+
+
+def test_sparse_statistics_give_the_dense_metrics_with_the_full_classifier():
+    """Statistics that hold only the classes seen, measured against a classifier with a row per
+    class of the vocabulary, give the dense statistics' metrics (rows picked by class id)."""
+    h, y, w, W = samples()
+    rng = np.random.default_rng(4)
+    ids = np.sort(rng.choice(5000, 40, replace=False))
+    W_big = rng.normal(size=(5000, W.shape[1]))
+    W_big[ids] = W
+    sparse = StatsAccumulator(5000, h.shape[1], sparse=True).update(h, ids[y], w).compute()
+    assert sparse.num_classes == 40
+    dense = collapse_metrics(stats_from_features(h, y, 40, w), W, **PRESETS["lc2024"]).to_dict()
+    got = collapse_metrics(sparse, W_big, **PRESETS["lc2024"]).to_dict()
+    for key in METRIC_KEYS + DUAL_KEYS:
+        assert got[key] == pytest.approx(dense[key], rel=1e-12), key
+    with pytest.raises(ValueError, match=r"classifier must have shape \(5000, 16\)"):
+        collapse_metrics(sparse, W)
+
+
+def test_nc1_svd_is_k_times_the_trace_ratio_at_full_rank_and_max_count_is_checked():
+    h, y, w, W = samples()
+    m = collapse_metrics(stats_from_features(h, y, 40, w))
+    assert m.nc1_svd == pytest.approx(40 * m.nc1_trace_ratio, rel=1e-9)  # S_B has rank min(K-1, D) = 16
+    with pytest.raises(ValueError, match="max_count=3 is below min_count=5"):
+        MetricOptions(min_count=5, max_count=3)
+
+
+@pytest.mark.parametrize("center", ["uniform", "weighted"])
+def test_nc5_equals_a_direct_numpy_computation(center):
+    """NC5 (NECO): the mean |cos| between centered class means and the centered OOD mean."""
+    h, y, w, _ = samples()
+    stats = stats_from_features(h, y, 40, w)
+    ood = np.random.default_rng(9).normal(size=(500, 16)) + 0.3  # (N_ood, D)
+    mu = stats.means.numpy()
+    n = stats.counts.numpy()
+    g = mu.mean(0) if center == "uniform" else (n[:, None] * mu).sum(0) / n.sum()
+    m, o = mu - g, ood.mean(0) - g
+    want = np.mean(np.abs(m @ o) / (np.linalg.norm(m, axis=1) * np.linalg.norm(o)))
+    got = ood_orthogonality(stats, ood.mean(0), center=center)
+    assert got == pytest.approx(want, rel=1e-12)
+    # Four classes span 3 directions of R^16: an OOD mean orthogonal to them scores 0, one along
+    # a class direction scores the mean |cos| of that direction with the others.
+    few = stats_from_features(h[y < 4], y[y < 4], 4)
+    mu4 = few.means.numpy()
+    m4 = mu4 - mu4.mean(0)
+    q, _ = np.linalg.qr(np.concatenate([m4.T, np.eye(16)], axis=1))  # q[:, 3:] is orthogonal to the means
+    assert ood_orthogonality(few, mu4.mean(0) + 5 * q[:, 5]) == pytest.approx(0.0, abs=1e-12)
+    cos = m4 @ m4[0] / (np.linalg.norm(m4, axis=1) * np.linalg.norm(m4[0]))
+    assert ood_orthogonality(few, mu4.mean(0) + 2 * m4[0]) == pytest.approx(np.abs(cos).mean(), rel=1e-12)

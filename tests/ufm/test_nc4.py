@@ -82,3 +82,28 @@ def test_nc4_bad_inputs():
         acc.compute()
     with pytest.raises(ValueError, match="no class has at least min_count=100000"):
         NC4Accumulator(stats, min_count=100_000)
+
+
+def test_nc4_hits_and_misses_per_class_equal_a_direct_count():
+    """Per true next class: positions where the nearest kept mean is the model's prediction (hits)
+    and where it is not (misses); streamed in parts and merged, on sparse statistics."""
+    stats, h, pred = setup()
+    labels = np.random.default_rng(3).integers(0, 30, 500)
+    lo, hi = int(np.sort(stats.sample_counts.numpy())[5]), int(np.sort(stats.sample_counts.numpy())[-5])
+    kept = np.flatnonzero((stats.sample_counts.numpy() >= lo) & (stats.sample_counts.numpy() <= hi))
+    assert 0 < len(kept) < 30
+    means = stats.means.numpy()[kept]
+    ncc = kept[np.argmin(((h[:, None, :] - means[None]) ** 2).sum(-1), axis=1)]  # (500,) direct
+    sparse = stats.compact()
+    parts = [NC4Accumulator(sparse, min_count=lo, max_count=hi) for _ in range(2)]
+    parts[0].update(h[:200], pred[:200], labels[:200], only_kept=False)
+    parts[1].update(h[200:], pred[200:], labels[200:], only_kept=False)
+    acc = parts[0].merge(parts[1])
+    ids, hits, misses = (t.numpy() for t in acc.per_class())
+    assert ids.tolist() == kept.tolist()
+    for c, hit, miss in zip(ids, hits, misses):
+        mine = labels == c
+        assert hit == int((ncc[mine] == pred[mine]).sum()) and miss == int((ncc[mine] != pred[mine]).sum()), c
+    assert acc.total == 500 and acc.agree == int((ncc == pred).sum())  # only_kept=False: every position
+    assert hits.sum() + misses.sum() == int(np.isin(labels, kept).sum())
+    assert nc4_agreement(h, pred, sparse, min_count=lo, max_count=hi) == acc.compute()

@@ -302,3 +302,71 @@ def test_a_flipped_byte_in_a_stats_file_is_an_error(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(StatsFileError, match="do not match the checksum"):
         ClassStats.load(path)
+
+
+@given(
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+    order=st.permutations(range(4)),
+    seed=st.integers(0, 1000),
+)
+def test_sparse_rows_equal_the_dense_statistics_of_the_classes_seen(cuts, order, seed):
+    """Rows allocated as classes are first seen (in any order, by batches, shards and merges, sparse
+    and dense mixed) give the dense statistics without their empty classes."""
+    h, y, w = random_samples(n=300, k=40, d=16, seed=seed)
+    big = 100_000  # a vocabulary of which the samples see 40 classes, scattered over it
+    ids = np.random.default_rng(seed).choice(big, 40, replace=False)
+    dense = stats_from_features(h, ids[y], big, w).compact()
+    bounds = sorted(set([0, 300, *cuts]))
+    shards = [StatsAccumulator(big, 16, sparse=i != 2) for i in range(4)]  # shard 2 is dense
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        shards[i % 4].update(h[a:b], ids[y[a:b]], w[a:b])
+    merged = StatsAccumulator(big, 16, sparse=True)
+    for i in order:
+        merged.merge(shards[i])
+    stats = merged.compute()
+    assert stats.class_ids.tolist() == sorted(ids.tolist()) and stats.num_labels == big
+    assert_stats_close(stats, dense, rtol=1e-12)
+    assert torch.equal(stats.ids, dense.ids) and merged.state()["mean"].shape == (40, 16)
+
+
+def test_shared_rows_fold_one_batch_into_several_states_and_round_trip(tmp_path):
+    from ufm.stats import ClassRows
+
+    h, y, w = random_samples(n=200, k=30, d=8, seed=3)
+    rows = ClassRows(5000, sparse=True)
+    a, b = StatsAccumulator(5000, 8, rows=rows, capacity=4), StatsAccumulator(5000, 8, rows=rows)
+    labels = y * 97  # class ids up to 2813
+    for part in np.array_split(np.arange(200), 7):
+        batch = rows.batch(labels[part], w[part])  # the label work, once for both states
+        a.fold(h[part], batch)
+        b.fold(h[part] ** 2, batch)
+    assert rows.size == 30 and a._n.shape[0] >= 30  # grew from 4
+    assert_stats_close(a.compute(), stats_from_features(h, labels, 5000, w).compact(), rtol=1e-12)
+    assert_stats_close(b.compute(), stats_from_features(h ** 2, labels, 5000, w).compact(), rtol=1e-12)
+    stats = a.compute(metadata=dict(model="m"))
+    back = ClassStats.load(stats.save(tmp_path / "sparse.safetensors"))
+    assert torch.equal(back.class_ids, stats.class_ids) and back.num_labels == 5000 and back.label_space == 5000
+    resumed = StatsAccumulator.from_stats(back)
+    assert_stats_close(resumed.compute(), stats, rtol=0)
+    again = StatsAccumulator.from_state(a.state())
+    assert_stats_close(again.compute(), stats, rtol=0)
+    with pytest.raises(ValueError, match=r"class_ids must be strictly increasing class ids in \[0, 5000\)"):
+        ClassStats(stats.counts, stats.sample_counts, stats.means, stats.var_traces, stats.within_scatter,
+                   class_ids=stats.class_ids.flip(0), num_labels=5000)
+    with pytest.raises(ValueError, match="class_ids need num_labels"):
+        ClassStats(stats.counts, stats.sample_counts, stats.means, stats.var_traces, stats.within_scatter,
+                   class_ids=stats.class_ids)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5000\)"):
+        a.update(h[:3], [1, 2, 5000])
+
+
+def test_near_collapsed_features_keep_their_tiny_variance():
+    """Welford's product form adds no raw moments: features a 1e-7 spread around means of norm ~10
+    keep their variance to the accuracy of a two-pass computation."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, 3000)
+    h = rng.normal(size=(6, 32))[y] * 10 + 1e-7 * rng.normal(size=(3000, 32))
+    acc = StatsAccumulator(6, 32, sparse=True)
+    for part in np.array_split(np.arange(3000), 17):
+        acc.update(h[part], y[part])
+    assert_stats_close(acc.compute(), naive_stats(h, y, 6), rtol=1e-7)
