@@ -20,7 +20,7 @@ import sys
 # The commands, in the order `collapse --help` lists them: experiments/commands/NAME.py holds each
 # one's flags (add_parser) and its handler (run). Each imports what it needs inside its handler, so
 # `collapse --help` and argument errors answer without loading torch, transformers, scipy or matplotlib.
-COMMANDS = ("demo", "simulate", "experiment", "measure", "compare", "data", "train", "analyze", "metrics")
+COMMANDS = ("demo", "simulate", "experiment", "measure", "compare", "data", "train", "study", "analyze", "metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +54,11 @@ def describe_os_error(err: OSError) -> str:
 
 
 # Commands that never touch torch (tables and downloads): they start without loading it.
-TORCH_FREE = {"analyze", "data"}
+TORCH_FREE = {"analyze", "data", "study"}  # a study's jobs seed themselves
 
 # Commands whose work resumes where a killed or interrupted run stopped, when run again.
-RESUMABLE = {"measure": "the last checkpoint", "train": "the last finished epoch", "demo": "its last finished step"}
+RESUMABLE = {"measure": "the last checkpoint", "train": "its last saved state (an epoch end, or every --checkpoint-every steps)",
+             "demo": "its last finished step", "study": "its finished units and each unit's last saved state"}
 
 
 def main(argv: list[str] | None = None) -> int:

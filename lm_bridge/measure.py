@@ -96,22 +96,26 @@ def refuse_foreign_run(out: Path, loaded: LoadedModel, overwrite: bool) -> None:
 
 
 def measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
-                   *, heldout: Corpus | None = None, ood: Corpus | None = None, progress: bool = True
-                   ) -> dict[str, Any] | None:
+                   *, heldout: Corpus | None = None, ood: Corpus | None = None, progress: bool = True,
+                   heldout_tokens: int | None = None) -> dict[str, Any] | None:
     """Measure ``loaded`` into ``out``; the summary written to metrics.json (None on ranks > 0).
+    ``heldout_tokens`` caps the held-out text read for NC4 and the loss (default: as the corpus's).
     Rank 0 holds ``out``'s lock for the run: a second measure into the same folder is refused."""
     lock = folder_lock(out, "collapse measure") if _rank_world()[0] == 0 else contextlib.nullcontext()
     with lock:
-        return _measure_folder(loaded, corpus, out, config, options, heldout=heldout, ood=ood, progress=progress)
+        return _measure_folder(loaded, corpus, out, config, options, heldout=heldout, ood=ood, progress=progress,
+                               heldout_tokens=heldout_tokens)
 
 
 def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: CollectConfig, options: MeasureOptions,
-                    *, heldout: Corpus | None, ood: Corpus | None, progress: bool) -> dict[str, Any] | None:
+                    *, heldout: Corpus | None, ood: Corpus | None, progress: bool, heldout_tokens: int | None = None
+                    ) -> dict[str, Any] | None:
     refuse_foreign_run(out, loaded, options.overwrite)
     result = collect_stats(loaded, corpus, config, checkpoint=out / "checkpoint.safetensors", progress=progress)
     nc4 = None
     if heldout is not None:
-        nc4 = collect_nc4(loaded, heldout, result.stats, config, min_count=options.metrics.get("min_count", 1),
+        nc4_config = config if heldout_tokens is None else replace(config, max_tokens=heldout_tokens)
+        nc4 = collect_nc4(loaded, heldout, result.stats, nc4_config, min_count=options.metrics.get("min_count", 1),
                           max_count=options.metrics.get("max_count"), positions=options.nc4_positions,
                           layer_stats=result.layers, progress=progress)
     ood_means = None if ood is None else collect_means(loaded, ood, config, tuple(result.layers))

@@ -1,0 +1,234 @@
+"""Studies: specs checked before anything runs, a local pool and a real SLURM cluster giving the
+same table, interruptions (SIGKILL of the launcher, scancel of a job) that lose nothing."""
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.cli import main
+from experiments.study import SpecError, load_spec, run_study, study_status
+from tests.lm_bridge.conftest import LINES
+from tests.slurm_cluster import missing, slurm_cluster
+from ufm.io import FolderBusyError, folder_lock
+
+SPEC = """name = "tiny"
+[data]
+corpus = "{corpus}"
+vocab_size = 300
+[train]
+epochs = 2
+heads = 2
+batch_size = 4
+block_size = 16
+lr = 1e-2
+checkpoint_every = 3
+[[train.grid]]
+depth = 1
+width = {widths}
+[measure]
+layers = "all"
+batch_size = 4
+[local]
+workers = 2
+[slurm]
+mem_gb = 1
+timeout_min = 10
+array_parallelism = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def study_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study_corpus")
+    for i in range(4):
+        (root / f"doc{i}.txt").write_text(" ".join(LINES * 3) + f" story {i}")
+    return root
+
+
+def write_spec(folder: Path, corpus: Path, widths="[16, 32]", extra: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.toml"
+    path.write_text(SPEC.format(corpus=corpus, widths=widths) + extra)
+    return path
+
+
+def read_rows(path: Path) -> dict:
+    rows = list(csv.DictReader(path.read_text().splitlines()))
+    return {(r["run"], r["epoch"], r["layer"]): r for r in rows}
+
+
+def assert_same_table(a: Path, b: Path, rtol=1e-9, runs: int = 2):
+    """Table ``a`` holds the rows of ``runs`` runs, each equal to the same row of table ``b``."""
+    ra, rb = read_rows(a), read_rows(b)
+    assert len(ra) == runs * 2 * 3 and set(ra) <= set(rb)
+    for key, row in ra.items():
+        other = rb[key]
+        assert row.keys() == other.keys(), key
+        for col, value in row.items():
+            try:
+                x, y = float(value), float(other[col])
+            except ValueError:
+                assert value == other[col], (key, col)
+                continue
+            assert (math.isnan(x) and math.isnan(y)) or x == pytest.approx(y, rel=rtol, abs=1e-300), (key, col)
+
+
+@pytest.fixture(scope="module")
+def local_study(tmp_path_factory, study_corpus):
+    """The two-run study, uninterrupted, under the local launcher: the reference table."""
+    root = tmp_path_factory.mktemp("local_study")
+    spec = write_spec(root, study_corpus)
+    report = run_study(spec, root / "out", launcher="local", device="cpu")
+    return spec, root / "out", report
+
+
+def test_a_local_study_writes_one_row_per_run_checkpoint_and_layer(local_study):
+    from lm_bridge.models import load_model
+    from ufm import ClassStats, PRESETS, collapse_metrics
+
+    spec, out, report = local_study
+    assert report.counts["done"] == 6 and len(report.units) == 6  # 2 runs + 2 x 2 checkpoints
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 2 * 2 * 3  # runs x epochs x (the final state and the 2 hidden states of depth 1)
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["run", "arch", "depth", "width", "heads"] and header[-1] == "unit"
+    row = rows[("d1-w32-wd0-s0", "2", "final")]
+    # A row is the checkpoint's own measurement: its statistics, the lc2024 preset, its head.
+    stats = ClassStats.load(out / "measure" / "d1-w32-wd0-s0" / "epoch2" / "stats.safetensors")
+    want = collapse_metrics(stats, load_model(out / "runs" / "d1-w32-wd0-s0" / "epoch2").classifier(),
+                            **PRESETS["lc2024"])
+    assert float(row["cdnv_mean"]) == pytest.approx(want.cdnv_mean, rel=1e-12)
+    assert int(row["step"]) == 2 * int(rows[("d1-w32-wd0-s0", "1", "final")]["step"]) > 0
+    assert float(row["val_loss"]) > 0 and 0 <= float(row["nc4_agreement"]) <= 1
+    assert (out / "report.md").is_file() and (out / "metrics_vs_loss.png").stat().st_size > 1000
+    assert (out / "metrics_vs_depth.png").is_file()
+    # A second run finds everything done and runs nothing.
+    before = {p: p.stat().st_mtime_ns for p in out.glob("units/*/result.json")}
+    again = run_study(spec, out, launcher="local", device="cpu")
+    assert again.counts["done"] == 6 and {p: p.stat().st_mtime_ns for p in out.glob("units/*/result.json")} == before
+
+
+def test_bad_specs_and_launchers_are_refused_before_anything_runs(tmp_path, study_corpus, monkeypatch):
+    spec = write_spec(tmp_path / "a", study_corpus)
+    spec.write_text(spec.read_text().replace("lr = 1e-2", "lr = 1e-2\nlearning_rate = 3"))
+    with pytest.raises(SpecError, match=r"\[train\]: unknown key\(s\) learning_rate"):
+        load_spec(spec)
+    empty = write_spec(tmp_path / "b", study_corpus, widths="[]")
+    with pytest.raises(SpecError, match="expand to no run"):
+        load_spec(empty)
+    gone = write_spec(tmp_path / "c", tmp_path / "no-such-corpus")
+    with pytest.raises(Exception, match="no-such-corpus"):
+        run_study(gone, tmp_path / "c" / "out", device="cpu")
+    assert not (tmp_path / "c" / "out" / "units").exists()
+    models = write_spec(tmp_path / "d", study_corpus, extra='[models]\npaths = ["/no/such/model"]\n')
+    with pytest.raises(SpecError, match=r"\[models\] path /no/such/model does not exist"):
+        load_spec(models)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
+    ok = write_spec(tmp_path / "e", study_corpus)
+    with pytest.raises(SpecError, match="--launcher slurm needs SLURM's sbatch and squeue on PATH"):
+        run_study(ok, tmp_path / "e" / "out", launcher="slurm", device="cpu")
+    assert not (tmp_path / "e" / "out").exists()
+    with pytest.raises(SpecError, match="no study spec 'nope'"):
+        load_spec("nope")
+
+
+def test_two_runs_of_one_study_at_once_are_refused(tmp_path, study_corpus):
+    spec = write_spec(tmp_path, study_corpus)
+    with folder_lock(tmp_path / "out", "collapse study run"):
+        with pytest.raises(FolderBusyError, match="in use by another collapse study run"):
+            run_study(spec, tmp_path / "out", device="cpu")
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_a_sigkilled_launcher_loses_nothing_and_a_failed_unit_waits_for_retry(tmp_path, study_corpus, local_study):
+    """SIGKILL of `collapse study run` mid-study; the next run finishes it to the uninterrupted
+    table. A unit that raised stays failed (status names its log) until --retry-failed."""
+    _, reference, _ = local_study
+    spec = write_spec(tmp_path, study_corpus, widths="[16]")
+    out = tmp_path / "out"
+    proc = _cli("study", "run", str(spec), "--out", str(out), "--device", "cpu")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("units/measure-*/result.json")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = study_status(spec, out)
+    assert 0 < partial.counts["done"] < 3
+    report = run_study(spec, out, device="cpu")
+    assert report.counts["done"] == 3
+    assert_same_table(out / "results.csv", reference / "results.csv", runs=1)
+    # A failure (its checkpoint is gone): the next run leaves it until asked.
+    ckpt, hidden = out / "runs" / "d1-w16-wd0-s0" / "epoch1", tmp_path / "hidden"
+    done = next(out.glob("units/measure-d1-w16-wd0-s0-epoch1-*"))
+    (done / "result.json").unlink()
+    shutil.move(ckpt, hidden)
+    failed = run_study(spec, out, device="cpu")
+    unit = next(u for u in failed.units if u.name == "d1-w16-wd0-s0/epoch1")
+    assert failed.states[unit.identity] == "failed"
+    assert "checkpoint" in failed.details[unit.identity] and str(done / "log.txt") in failed.details[unit.identity]
+    shutil.move(hidden, ckpt)
+    assert run_study(spec, out, device="cpu").states[unit.identity] == "failed"  # not retried unasked
+    assert main(["study", "run", str(spec), "--out", str(out), "--retry-failed", "--device", "cpu"]) == 0
+    assert_same_table(out / "results.csv", reference / "results.csv", runs=1)
+
+
+needs_slurm = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as env:
+        yield env
+
+
+@needs_slurm
+def test_slurm_study_equals_the_local_one_and_survives_a_cancelled_job(cluster, tmp_path, study_corpus, local_study,
+                                                                       capsys):
+    """The same study through submitit on a real single-node SLURM cluster: the same table. Then
+    a study whose running measure job is cancelled (scancel): status names the unit, and the
+    next run completes the table."""
+    _, reference, _ = local_study
+    spec = write_spec(tmp_path / "a", study_corpus)
+    report = run_study(spec, tmp_path / "a" / "out", launcher="slurm", device="cpu")
+    assert report.counts["done"] == 6
+    assert_same_table(tmp_path / "a" / "out" / "results.csv", reference / "results.csv")
+    jobs = [p.read_text() for p in (tmp_path / "a" / "out").glob("units/*/slurm_job")]
+    assert len(jobs) == 6 and any("_" in j for j in jobs)  # arrays
+
+    spec = write_spec(tmp_path / "b", study_corpus, widths="[32]")
+    out = tmp_path / "b" / "out"
+    proc = _cli("study", "run", str(spec), "--out", str(out), "--launcher", "slurm", "--device", "cpu")
+    deadline, victim = time.time() + 180, None
+    while time.time() < deadline and victim is None:
+        for status in out.glob("units/measure-*/status.json"):
+            st = json.loads(status.read_text())
+            if st.get("state") == "running" and st.get("slurm_job"):
+                victim = (status.parent, st["slurm_job"], st.get("slurm_array_task"))
+                break
+        time.sleep(0.2)
+    assert victim is not None, "no measure job started"
+    folder, job, task = victim
+    target = (folder / "slurm_job").read_text().strip()
+    subprocess.run(["scancel", target], check=True)
+    assert proc.wait(timeout=300) != 0  # the study ended incomplete
+    after = study_status(spec, out)
+    cancelled = next(u for u in after.units if after.states[u.identity] == "interrupted")
+    assert f"SLURM job {target}" in after.details[cancelled.identity] and folder.name == cancelled.folder_name
+    assert main(["study", "status", str(spec), "--out", str(out)]) == 0
+    assert "interrupted" in capsys.readouterr().out
+    final = run_study(spec, out, launcher="slurm", device="cpu")
+    assert final.counts["done"] == 3
+    assert_same_table(out / "results.csv", reference / "results.csv", runs=1)
