@@ -61,6 +61,7 @@ class MeasureOptions:
     preset: str | None  # the preset they came from, for the record
     nc4_positions: str = "all"  # held-out positions NC4 counts: all, or kept next tokens
     overwrite: bool = False  # replace a finished run of another model in the folder
+    figures: bool = True  # draw the run's figures (a study of many checkpoints draws its own)
 
 
 def parse_layers(spec: str | None, loaded: LoadedModel) -> tuple[int, ...]:
@@ -143,10 +144,12 @@ def _measure_folder(loaded: LoadedModel, corpus: Corpus, out: Path, config: Coll
         layer_metrics, layer_nc5 = per_state(i, stats)
         layers[str(i)] = dict(metrics=layer_metrics.to_dict(), nc4_agreement=None if nc4 is None else nc4.layers.get(i),
                               nc5_ood=layer_nc5)
-    figures = measure_figures(result.stats, classifier, out, cdnv_power=metrics.options["cdnv_power"],
-                              center=metrics.options["center"], min_count=metrics.options["min_count"],
-                              title=model_label(loaded.path))
-    if layers:
+    figures = []
+    if options.figures:
+        figures = measure_figures(result.stats, classifier, out, cdnv_power=metrics.options["cdnv_power"],
+                                  center=metrics.options["center"], min_count=metrics.options["min_count"],
+                                  title=model_label(loaded.path))
+    if layers and options.figures:
         depth = [int(i) for i in layers]
         figures.append(metric_panels(depth, [layers[str(i)]["metrics"] for i in depth], PANELS,
                                      out / "metrics_vs_depth.png", xlabel="hidden state (0 = embeddings)",

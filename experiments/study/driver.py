@@ -5,7 +5,6 @@ from its last state, measurement from its checkpoint)."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,9 +103,8 @@ def study_status(name_or_path: str | Path, out: str | Path, *, _spec: StudySpec 
     if _units is None:
         if not (out / "study.json").is_file():
             raise SpecError(f"{out} holds no study yet: run `collapse study run {name_or_path} --out {out}` first")
-        units = [_read(store, d) for d in sorted((out / "units").iterdir()) if (d / "unit.json").is_file()]
-        order = {d: i for i, d in enumerate(_expected_names(spec, units))}
-        units.sort(key=lambda u: order.get(u.identity, len(order)))
+        units = [_read(store, d) for d in (out / "units").iterdir() if (d / "unit.json").is_file()]
+        units.sort(key=lambda u: (u.name.split("/")[0], u.kind != "train", u.name))  # each run, then its checkpoints
     else:
         units = _units
     states, details = {}, {}
@@ -135,10 +133,6 @@ def _read(store: Store, folder: Path) -> Unit:
     return unit_from(store.read_unit(folder))
 
 
-def _expected_names(spec: StudySpec, units: list[Unit]) -> list[str]:
-    return [u.identity for u in sorted(units, key=lambda u: (u.name.split("/")[0], u.kind != "train", u.name))]
-
-
 def analyze_study(spec: StudySpec, out: Path) -> Path:
     """The table's analysis, the run as the group (a run's checkpoints are not independent): each
     metric against the loss at the final state, and the figures (metric vs loss by architecture,
@@ -161,7 +155,3 @@ def analyze_study(spec: StudySpec, out: Path) -> Path:
     text = f"# {spec.name}\n\n{caption}\n\n{analysis.markdown()}\n\n" + "\n".join(f"![{f}]({f})" for f in figures)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(text + "\n"))
     return out / "report.md"
-
-
-def status_json(report: StudyReport) -> str:
-    return json.dumps({u.name: report.states[u.identity] for u in report.units}, indent=2)

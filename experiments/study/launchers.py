@@ -5,6 +5,7 @@ from the study's folder, not from the engine."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import time
@@ -28,10 +29,8 @@ def check_launcher(kind: str) -> None:
     if shutil.which("sbatch") is None or shutil.which("squeue") is None:
         raise LauncherError("--launcher slurm needs SLURM's sbatch and squeue on PATH; none is here "
                             "(use --launcher local on this machine)")
-    try:
-        import submitit  # noqa: F401
-    except ImportError as err:
-        raise LauncherError("--launcher slurm needs the submitit package (pip install submitit)") from err
+    if importlib.util.find_spec("submitit") is None:
+        raise LauncherError("--launcher slurm needs the submitit package (pip install submitit)")
 
 
 def run_local(store: Store, units: list[Unit], todo: list[Unit], workers: int, *, poll: float = 0.5) -> None:

@@ -49,6 +49,7 @@ class MeasureSpec:
     heldout_tokens: int | None = None  # validation tokens for NC4 and the loss
     min_count: int | None = None
     max_count: int | None = None
+    figures: bool = True  # each checkpoint's own figures (collapse measure's); the study draws its own
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,8 @@ def measure_unit(store: Store, unit: Unit, context: dict) -> dict:
                            checkpoint_every=64, layers=parse_layers(m["layers"], loaded))
     base = MetricOptions.preset(m["preset"]) if m["preset"] else MetricOptions()
     options = asdict(base) | {k: m[k] for k in ("min_count", "max_count") if m[k] is not None}
-    mopts = MeasureOptions(options, m["preset"], NC4_POSITIONS.get(m["preset"], "all"), overwrite=True)
+    mopts = MeasureOptions(options, m["preset"], NC4_POSITIONS.get(m["preset"], "all"), overwrite=True,
+                           figures=m["figures"])
     summary = measure_folder(loaded, train, out, config, mopts, heldout=val, heldout_tokens=m["heldout_tokens"],
                              progress=False)
     return dict(rows=table_rows(unit, summary, path, checkpoint_step(path)[0]))

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from experiments.cli import main
-from experiments.linguistic_collapse import GridConfig, load_grid
 
 
 def run_quick(name, tmp_path) -> dict:
@@ -46,6 +45,7 @@ def test_quick_implicit_bias_shows_what_its_docstring_promises(tmp_path):
     assert [d["cos_logits"] for d in r["decade_slopes"]] == sorted(d["cos_logits"] for d in r["decade_slopes"])
 
 
+@pytest.mark.slow  # ~35 s
 def test_quick_seli_reproduces_minority_collapse(tmp_path):
     r = run_quick("seli", tmp_path)
     ref, sat = r["minority_collapse"], r["minority_collapse_saturating"]
@@ -87,26 +87,31 @@ def test_feature_collapse_quick(tmp_path):
     assert results["lmm_synonym_row_spread"] < 1e-6 and len(results["ntp"]) == 4
 
 
-def test_linguistic_collapse_grid_on_a_local_corpus(tmp_path):
+def test_linguistic_collapse_study_on_a_local_corpus(tmp_path):
+    """The experiment runs its grid as a study (collapse study run's code) and analyzes the table."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     words = "the cat sat on a mat while the dog ran to the old red barn and a bird sang".split()
     rng = __import__("numpy").random.default_rng(0)
     for i in range(12):
         (corpus / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words, 400)))
-    grid = dict(corpus=str(corpus), vocab_size=300, archs=[[1, 16]], extra_archs=[[1, 16]], seed_arch=[1, 16],
-                num_seeds=3, epochs=2, block_size=32, batch_size=8, max_train_tokens=3000, max_val_tokens=600,
-                measure_tokens=1500, workers=1)
-    (tmp_path / "grid.json").write_text(json.dumps(grid))
+    grid = "".join(f"[[train.grid]]\ndepth = 1\nwidth = 16\nheads = 1\nweight_decay = {wd}\nseed = {s}\n"
+                   for wd, s in ((0.0, 0), (0.1, 0), (0.0, 1), (0.0, 2)))
+    (tmp_path / "study.toml").write_text(
+        f'name = "lc-test"\n[data]\ncorpus = "{corpus}"\nvocab_size = 300\n[train]\nepochs = 2\nblock_size = 32\n'
+        f"batch_size = 8\nmax_train_tokens = 3000\nmax_val_tokens = 600\n{grid}[measure]\nmax_tokens = 1500\n"
+        "heldout_tokens = 600\nfigures = false\n[local]\nworkers = 2\n")
     out = tmp_path / "out"
-    assert main(["experiment", "linguistic-collapse", "--grid", str(tmp_path / "grid.json"), "--device", "cpu",
+    assert main(["experiment", "linguistic-collapse", "--study", str(tmp_path / "study.toml"), "--device", "cpu",
                  "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["num_models"] == 8  # (1 arch + 1 weight decay + 2 more seeds) x 2 epochs
     assert set(results["analysis"]) >= {"cdnv_mean", "nc4_agreement", "cos_std", "unc_cov"}
     assert "| metric | R^2 | R^2 (runs) |" in (out / "table.md").read_text()
+    assert "3 seeds of 1x16" in (out / "table.md").read_text()
     models = [json.loads(line) for line in (out / "models.jsonl").read_text().splitlines()]
-    assert len(models) == 8 and {"name", "epoch", "val_loss", "cdnv_mean"} <= set(models[0])
+    assert len(models) == 8 and {"run", "epoch", "val_loss", "cdnv_mean"} <= set(models[0])
+    assert (out / "study" / "results.csv").is_file()
     # The epochs of one run are grouped: 4 runs of 2 epochs each.
     assert results["analysis"]["cdnv_mean"]["group_n"] == 4
 
@@ -141,14 +146,16 @@ def test_etf_figure_plots_the_spread_not_the_mean_cosine(tmp_path, monkeypatch):
     assert not any(len(p) == len(cos_mean) and np.allclose(p, cos_mean) for p in plotted)
 
 
-def test_grid_configs(tmp_path):
-    assert len(GridConfig().specs()) >= 10  # x 2 epochs: at least 20 models in the small grid
-    seeds = {s.seed for s in GridConfig().specs() if (s.depth, s.width) == GridConfig().seed_arch}
-    assert seeds == set(range(5))
-    (tmp_path / "g.json").write_text(json.dumps({"archs": [[1, 16]], "epochs": 1}))
-    assert load_grid(str(tmp_path / "g.json")).archs == ((1, 16),)
-    (tmp_path / "bad.json").write_text(json.dumps({"archs": [[1, 16]], "widths": [8]}))
-    with pytest.raises(ValueError, match="unknown key\\(s\\) widths"):
-        load_grid(str(tmp_path / "bad.json"))
-    with pytest.raises(ValueError, match="unknown grid 'huge'"):
-        load_grid("huge")
+def test_shipped_study_specs():
+    """The experiment's grids are shipped specs: the small one is Wu & Papyan's design in
+    miniature (4 architectures, a weight decay on 2, 5 seeds of 2x64); every shipped spec loads."""
+    from experiments.study import load_spec
+    from experiments.study.spec import SHIPPED
+
+    small = load_spec("linguistic-collapse")
+    assert len(small.runs) == 10 and small.measure.preset == "lc2024"
+    assert {r["seed"] for r in small.runs if (r["depth"], r["width"]) == (2, 64) and r["weight_decay"] == 0.0} == set(range(5))
+    assert {(r["depth"], r["width"]) for r in small.runs if r["weight_decay"] == 0.1} == {(1, 64), (2, 64)}
+    names = sorted(p.stem for p in SHIPPED.glob("*.toml"))
+    assert names == ["lc-large", "lc-quick", "lc-small", "linguistic-collapse"]
+    assert [len(load_spec(n).runs) for n in names] == [48, 5, 4, 10]

@@ -179,6 +179,7 @@ def test_label_smoothing_closed_form_and_faster_collapse(tmp_path):
     assert not r["lower_full_hessian_condition"]
 
 
+@pytest.mark.slow  # ~25 s
 def test_depth_makes_low_rank_codes_cheaper_than_the_collapse(tmp_path):
     r = run("depth-low-rank", tmp_path)
     assert r["collapse_not_cheapest_from"] == {"4": 2, "6": 1, "8": 1}

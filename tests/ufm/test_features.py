@@ -30,7 +30,8 @@ def test_deep_relu_features_are_the_relu_chain_and_its_ridge():
         DeepReLU(0)
 
 
-@pytest.mark.parametrize("depth, steps", [(1, 4000), (2, 12000), pytest.param(3, 15000, marks=pytest.mark.slow)])  # depth 3: ~20-30 s
+@pytest.mark.parametrize("depth, steps", [(1, 4000), pytest.param(2, 12000, marks=pytest.mark.slow),
+                                          pytest.param(3, 15000, marks=pytest.mark.slow)])  # depths 2-3: ~20-30 s each
 def test_deep_relu_binary_mse_reaches_deep_neural_collapse(depth, steps):
     """Binary MSE with weight decay: the best of two seeded GD runs reaches the deep linear frame's
     objective (and not below it: it is the global optimum), and after every ReLU the class means are
