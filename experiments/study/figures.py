@@ -19,53 +19,56 @@ def _num(value):
     return x
 
 
+def _panels(metrics: list[str], path: Path, title: str, xlabel: str, what: str, draw) -> str:
+    """One panel per metric, ``draw(ax, key)`` filling it; returns the file name."""
+    cols = min(5, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows + 0.4), squeeze=False)
+    for ax, key in zip(axes.flat, metrics):
+        draw(ax, key)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(key, fontsize=8)
+        ax.set_title(f"{key} {what}", fontsize=9)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    axes[0][0].legend(fontsize=5)
+    fig.suptitle(title, fontsize=10)
+    return _common.save_figure(fig, path).name
+
+
 def study_figures(rows: list[dict], metrics: list[str], out: Path, loss: str) -> list[str]:
     final = [r for r in rows if str(r["layer"]) == "final"]
     runs = sorted({r["run"] for r in final})
     archs = sorted({r["arch"] for r in final})
     colours = {a: plt.cm.viridis(i / max(1, len(archs) - 1)) for i, a in enumerate(archs)}
-    n = len(metrics)
-    names = []
 
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
-    for ax, key in zip(axes[0], metrics):
+    def by_arch(ax, key):
         for arch in archs:
             sel = [r for r in final if r["arch"] == arch]
             ax.scatter([_num(r[loss]) for r in sel], [_num(r[key]) for r in sel], color=colours[arch], s=18, label=arch)
-        ax.set_xlabel(loss)
-        ax.set_ylabel(key, fontsize=8)
-        ax.set_title(f"{key} vs {loss}", fontsize=9)
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"each metric against {loss}, by architecture (every checkpoint)", fontsize=10)
-    names.append(_common.save_figure(fig, out / "metrics_vs_loss.png").name)
 
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
-    for ax, key in zip(axes[0], metrics):
+    def by_step(ax, key):
         for run in runs:
             sel = sorted((r for r in final if r["run"] == run), key=lambda r: _num(r["step"]))
             ax.plot([_num(r["step"]) for r in sel], [_num(r[key]) for r in sel], "o-", ms=3, lw=1, label=run)
-        ax.set_xlabel("training step")
-        ax.set_ylabel(key, fontsize=8)
-        ax.set_title(f"{key} over training", fontsize=9)
-    axes[0][0].legend(fontsize=5)
-    fig.suptitle("each metric against the step, one line per run", fontsize=10)
-    names.append(_common.save_figure(fig, out / "metrics_vs_step.png").name)
 
     layered = [r for r in rows if str(r["layer"]) != "final"]
-    if layered:
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
-        for ax, key in zip(axes[0], metrics):
-            for run in runs:
-                mine = [r for r in layered if r["run"] == run]
-                if not mine:
-                    continue
+
+    def by_depth(ax, key):
+        for run in runs:
+            mine = [r for r in layered if r["run"] == run]
+            if mine:
                 last = max(_num(r["step"]) for r in mine)
                 sel = sorted((r for r in mine if _num(r["step"]) == last), key=lambda r: _num(r["layer"]))
                 ax.plot([_num(r["layer"]) for r in sel], [_num(r[key]) for r in sel], "o-", ms=3, lw=1, label=run)
-            ax.set_xlabel("hidden state (0 = embeddings)")
-            ax.set_ylabel(key, fontsize=8)
-            ax.set_title(f"{key} by depth", fontsize=9)
-        axes[0][0].legend(fontsize=5)
-        fig.suptitle("each metric against depth, each run's last checkpoint", fontsize=10)
-        names.append(_common.save_figure(fig, out / "metrics_vs_depth.png").name)
+
+    names = [_panels(metrics, out / "metrics_vs_loss.png", f"each metric against {loss}, by architecture (every "
+                     "checkpoint)", loss, f"vs {loss}", by_arch),
+             _panels(metrics, out / "metrics_vs_step.png", "each metric against the step, one line per run",
+                     "training step", "over training", by_step)]
+    # The classifier meets the last state only: NC3's metrics have no value in the inner layers.
+    inner = [k for k in metrics if any(math.isfinite(_num(r[k])) for r in layered)]
+    if inner:
+        names.append(_panels(inner, out / "metrics_vs_depth.png", "each metric against depth, each run's last "
+                             "checkpoint", "hidden state (0 = embeddings)", "by depth", by_depth))
     return names

@@ -4,7 +4,6 @@ same table, interruptions (SIGKILL of the launcher, scancel of a job) that lose 
 import csv
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from experiments.cli import main
 from experiments.study import SpecError, load_spec, run_study, study_status
-from tests.lm_bridge.conftest import LINES
+from tests.lm_bridge.conftest import repeated_corpus
 from tests.slurm_cluster import missing, slurm_cluster
 from ufm.io import FolderBusyError, folder_lock
 
@@ -49,10 +48,7 @@ array_parallelism = 4
 
 @pytest.fixture(scope="module")
 def study_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study_corpus")
-    for i in range(4):
-        (root / f"doc{i}.txt").write_text(" ".join(LINES * 3) + f" story {i}")
-    return root
+    return repeated_corpus(tmp_path_factory.mktemp("study_corpus"), 4, 3)
 
 
 def write_spec(folder: Path, corpus: Path, widths="[16, 32]", extra: str = "") -> Path:

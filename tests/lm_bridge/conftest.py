@@ -55,12 +55,16 @@ def tiny_corpus(tmp_path_factory):
     return root
 
 
+def repeated_corpus(root, docs: int, repeats: int):
+    """``docs`` text files of LINES repeated ``repeats`` times, each ending in its own words."""
+    for i in range(docs):
+        (root / f"doc{i}.txt").write_text(" ".join(LINES * repeats) + f" part {i}")
+    return root
+
+
 @pytest.fixture(scope="session")
 def long_corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("long")
-    for i in range(6):
-        (root / f"doc{i}.txt").write_text(" ".join(LINES * 12) + f" part {i}")
-    return root
+    return repeated_corpus(tmp_path_factory.mktemp("long"), 6, 12)
 
 
 @pytest.fixture(scope="session")
