@@ -70,7 +70,7 @@ def main(study: str, args, run: Run) -> dict:
     rows = [dict(r, depth=int(r["depth"]), width=int(r["width"]), seed=int(r["seed"]), epoch=int(r["epoch"]),
                  weight_decay=float(r["weight_decay"]), val_loss=float(r["val_loss"]),
                  **{k: float(r[k]) if r[k] not in ("", None) else None for k in ANALYSED if k in r})
-            for r in read_table(report.table) if str(r["layer"]) == "final"]
+            for r in read_table(report.table) if str(r["layer"]) == "final" and r["source"] == "model"]
     for r in rows:
         print(f"{r['run']} epoch {r['epoch']}: val loss {r['val_loss']:.4f}, CDNV {r['cdnv_mean']:.4g}, "
               f"NC4 {r['nc4_agreement']:.4f}")

@@ -52,7 +52,7 @@ def _prepare(spec: StudySpec, out: Path, device: str) -> tuple[Store, list[Unit]
         require_model_dirs([Path(p) for p in spec.models])
     store = Store(out)
     context = dict(corpus=str(corpus.root), device=device, spec=spec.source, name=spec.name)
-    if spec.runs:
+    if spec.runs or spec.simulate is not None:  # they tokenize the text with the study's own tokenizer
         tokenizer = corpus_tokenizer(corpus.split()[0], spec.vocab_size)
         if not (out / "tokenizer").is_dir():
             tokenizer.save_pretrained(out / "tokenizer")

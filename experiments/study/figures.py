@@ -37,7 +37,8 @@ def _panels(metrics: list[str], path: Path, title: str, xlabel: str, what: str, 
 
 
 def study_figures(rows: list[dict], metrics: list[str], out: Path, loss: str) -> list[str]:
-    final = [r for r in rows if str(r["layer"]) == "final"]
+    ufm = [r for r in rows if r.get("source") == "ufm"]  # the idealized limit on the same text, a reference
+    final = [r for r in rows if str(r["layer"]) == "final" and r.get("source") != "ufm"]
     runs = sorted({r["run"] for r in final})
     archs = sorted({r["arch"] for r in final})
     colours = {a: plt.cm.viridis(i / max(1, len(archs) - 1)) for i, a in enumerate(archs)}
@@ -46,6 +47,9 @@ def study_figures(rows: list[dict], metrics: list[str], out: Path, loss: str) ->
         for arch in archs:
             sel = [r for r in final if r["arch"] == arch]
             ax.scatter([_num(r[loss]) for r in sel], [_num(r[key]) for r in sel], color=colours[arch], s=18, label=arch)
+        for r in ufm:
+            if math.isfinite(_num(r[key])):
+                ax.axhline(_num(r[key]), color="crimson", ls="--", lw=1, label="UFM, same contexts")
 
     def by_step(ax, key):
         for run in runs:

@@ -7,6 +7,8 @@ every checkpoint, how to analyze the table, and the launchers' options.
     [train]    epochs = 2, lr = 3e-3, ..., checkpoint_every = 50       (shared by every grid)
     [models]   paths = ["path/to/model", "path/to/run-folder"]          (instead of, or with, [train])
     [measure]  preset = "lc2024", layers = "all", max_tokens = 20000, heldout_tokens = 10000, ...
+    [simulate] context_length = 2, min_count = 5, [simulate.ufm] dim = 64, weight_decay = 1e-4, steps = 2000
+               (optional: a UFM on the same text's contexts, its row in the table beside the models)
     [analyze]  loss = "val_loss", log10 = ["cdnv_mean"]
     [local]    workers = 2
     [slurm]    partition = "gpu", gpus_per_task = 1, cpus_per_task = 4, mem_gb = 16,
@@ -53,6 +55,19 @@ class MeasureSpec:
 
 
 @dataclass(frozen=True)
+class SimulateSpec:
+    """UFM runs on the study's own targets: the distinct contexts of ``context_length`` tokens of
+    the training text (with the study's tokenizer), seen ``min_count`` times, trained by
+    ufm.train_ufm with the keywords in ``ufm`` (dim, weight_decay, steps, ...)."""
+
+    context_length: int = 2
+    min_count: int = 5
+    max_contexts: int | None = 400
+    max_tokens: int | None = 50_000
+    ufm: dict = field(default_factory=lambda: dict(dim=64, weight_decay=1e-4, steps=2000))
+
+
+@dataclass(frozen=True)
 class AnalyzeSpec:
     loss: str = "val_loss"
     log10: tuple[str, ...] = ("cdnv_mean",)
@@ -93,13 +108,14 @@ class StudySpec:
     checkpoint_every: int
     models: tuple[str, ...]
     measure: MeasureSpec
+    simulate: SimulateSpec | None
     analyze: AnalyzeSpec
     workers: int
     slurm: SlurmSpec
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-_TOP = {"name", "description", "data", "train", "models", "measure", "analyze", "local", "slurm"}
+_TOP = {"name", "description", "data", "train", "models", "measure", "simulate", "analyze", "local", "slurm"}
 
 
 def resolve_spec_path(name_or_path: str | Path) -> Path:
@@ -156,6 +172,7 @@ def load_spec(name_or_path: str | Path) -> StudySpec:
         name=raw.get("name", path.stem), source=str(path), corpus=data.get("corpus"),
         vocab_size=int(data.get("vocab_size", 2048)), runs=tuple(runs), checkpoint_every=int(checkpoint_every),
         models=tuple(models.get("paths", ())), measure=_dataclass_from(MeasureSpec, raw.get("measure", {}), f"{path} [measure]"),
+        simulate=_simulate_from(raw["simulate"], path) if "simulate" in raw else None,
         analyze=_dataclass_from(AnalyzeSpec, raw.get("analyze", {}), f"{path} [analyze]"),
         workers=int(local.get("workers", 1)), slurm=_dataclass_from(SlurmSpec, raw.get("slurm", {}), f"{path} [slurm]"),
         raw=raw)
@@ -163,11 +180,33 @@ def load_spec(name_or_path: str | Path) -> StudySpec:
     return spec
 
 
+def _simulate_from(table: dict, path: Path) -> SimulateSpec:
+    import inspect
+
+    from ufm.train import train_ufm
+
+    table = dict(table)
+    ufm = table.pop("ufm", None)
+    spec = _dataclass_from(SimulateSpec, table, f"{path} [simulate]")
+    if ufm is not None:
+        known = set(inspect.signature(train_ufm).parameters) - {"targets", "run"}
+        from ufm.train import TrainConfig
+
+        known |= {f.name for f in fields(TrainConfig)}
+        _check_keys(ufm, known - {"device"}, f"{path} [simulate.ufm]")
+        spec = SimulateSpec(**{**asdict(spec), "ufm": dict(ufm)})
+    missing = {"dim", "weight_decay", "steps"} - set(spec.ufm)
+    if missing:
+        raise SpecError(f"{path} [simulate.ufm] needs {', '.join(sorted(missing))} (train_ufm's required keywords)")
+    return spec
+
+
 def _validate(spec: StudySpec, path: Path) -> None:
     from lm_bridge.train import TrainSpec
 
-    if not spec.runs and not spec.models:
-        raise SpecError(f"{path}: the study has no unit: its [[train.grid]] expand to no run and it lists no [models]")
+    if not spec.runs and not spec.models and spec.simulate is None:
+        raise SpecError(f"{path}: the study has no unit: its [[train.grid]] expand to no run, it lists no [models] "
+                        "and has no [simulate]")
     if spec.corpus is None:
         raise SpecError(f"{path}: the study needs [data] corpus (the text runs train on and are measured on)")
     for run in spec.runs:
@@ -203,6 +242,11 @@ def expand_units(spec: StudySpec, corpus_identity: str | None, model_identity=No
             m_ident = digest(dict(kind="measure", run=ident, epoch=epoch, measure=measure, corpus=corpus_identity))
             units.append(Unit("measure", f"{train.name}/epoch{epoch}", m_ident,
                               dict(run=train.name, epoch=epoch, spec=asdict(train), measure=measure), (ident,)))
+    if spec.simulate is not None:
+        sim = asdict(spec.simulate)
+        ident = digest(dict(kind="simulate", simulate=sim, vocab_size=spec.vocab_size, corpus=corpus_identity,
+                            preset=spec.measure.preset))
+        units.append(Unit("simulate", "ufm", ident, dict(simulate=sim, preset=spec.measure.preset)))
     for path in spec.models:
         for model in _model_dirs(Path(path)):
             ident = digest(dict(kind="measure", model=model_identity(model), measure=measure, corpus=corpus_identity))

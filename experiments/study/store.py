@@ -33,7 +33,7 @@ from .spec import Unit
 
 STATES = ("done", "running", "failed", "interrupted", "pending")
 # results.csv: who and when first, then how well it predicts, the metrics, and the identities last
-LEAD = ("run", "arch", "depth", "width", "heads", "weight_decay", "seed", "lr", "epochs", "epoch", "step", "tokens_seen",
+LEAD = ("run", "source", "arch", "depth", "width", "heads", "weight_decay", "seed", "lr", "epochs", "epoch", "step", "tokens_seen",
         "layer", "val_loss", "nc4_agreement")
 TAIL = ("model_identity", "corpus_identity", "options_identity", "unit")
 
@@ -97,7 +97,7 @@ class Store:
         """results.csv from every finished measure unit, in the study's unit order, atomically and
         under a lock (jobs on several nodes finish at once): a table that depends only on what is
         done, not on the order in which it finished."""
-        rows = [row for u in units if u.kind == "measure" for row in (self.result(u) or {}).get("rows", [])]
+        rows = [row for u in units if u.kind != "train" for row in (self.result(u) or {}).get("rows", [])]
         if not rows:
             return None
         seen = list(dict.fromkeys(k for r in rows for k in r))

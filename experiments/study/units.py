@@ -126,6 +126,7 @@ def table_rows(unit: Unit, summary: dict[str, Any], path: Path, step: int) -> li
     ids = dict(model_identity=summary["model"]["identity"], corpus_identity=summary["corpus"]["identity"],
                options_identity=unit.identity, unit=unit.name)
     numeric = lambda d: {k: v for k, v in d.items() if isinstance(v, (int, float)) or v is None}  # noqa: E731
+    run["source"] = "model"
     rows = [dict(run, layer="final", val_loss=summary["val_loss"], nc4_agreement=summary["nc4_agreement"],
                  **numeric(summary["metrics"]), **ids)]
     for i, layer in summary["layers"].items():
@@ -134,4 +135,34 @@ def table_rows(unit: Unit, summary: dict[str, Any], path: Path, step: int) -> li
     return rows
 
 
-EXECUTORS = {"train": train_unit, "measure": measure_unit}
+def simulate_unit(store: Store, unit: Unit, context: dict) -> dict:
+    """A UFM on the training text's own contexts: its class statistics (context j counts toward
+    token z with weight pi_j p_jz) measured with the study's metric options, as one table row."""
+    from lm_bridge.corpus import document_ids
+    from ufm.metrics import MetricOptions
+    from ufm.targets import from_token_stream
+    from ufm.train import train_ufm
+    from ufm.validate import resolve_device
+
+    sim, preset = unit.config["simulate"], unit.config["preset"]
+    train, _ = _splits(context)
+    tokenizer = _tokenizer(context)
+    ids: list[int] = []
+    for text in train.documents():
+        ids.extend(document_ids(text, tokenizer))
+        if sim["max_tokens"] is not None and len(ids) >= sim["max_tokens"]:
+            break
+    ids = ids[:sim["max_tokens"]] if sim["max_tokens"] is not None else ids
+    targets, _ = from_token_stream(ids, sim["context_length"], vocab_size=len(tokenizer), min_count=sim["min_count"],
+                                   max_contexts=sim["max_contexts"])
+    result = train_ufm(targets, device=resolve_device(context["device"]), **sim["ufm"])
+    options = asdict(MetricOptions.preset(preset) if preset else MetricOptions())
+    metrics = result.metrics(**{k: v for k, v in options.items() if k != "tile_size"}).to_dict()
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+    row = dict(run="ufm", arch="ufm", source="ufm", epoch=None, step=sim["ufm"]["steps"], tokens_seen=len(ids),
+               layer="final", val_loss=None, nc4_agreement=None, **numeric, model_identity=None,
+               corpus_identity=None, options_identity=unit.identity, unit=unit.name)
+    return dict(rows=[row], targets=targets.describe(), objective=result.history[-1].get("objective"))
+
+
+EXECUTORS = {"train": train_unit, "measure": measure_unit, "simulate": simulate_unit}

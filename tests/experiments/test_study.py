@@ -99,7 +99,7 @@ def test_a_local_study_writes_one_row_per_run_checkpoint_and_layer(local_study):
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2 * 2 * 3  # runs x epochs x (the final state and the 2 hidden states of depth 1)
     header = (out / "results.csv").read_text().splitlines()[0].split(",")
-    assert header[:5] == ["run", "arch", "depth", "width", "heads"] and header[-1] == "unit"
+    assert header[:5] == ["run", "source", "arch", "depth", "width"] and header[-1] == "unit"
     row = rows[("d1-w32-wd0-s0", "2", "final")]
     # A row is the checkpoint's own measurement: its statistics, the lc2024 preset, its head.
     stats = ClassStats.load(out / "measure" / "d1-w32-wd0-s0" / "epoch2" / "stats.safetensors")
@@ -138,6 +138,39 @@ def test_bad_specs_and_launchers_are_refused_before_anything_runs(tmp_path, stud
     assert not (tmp_path / "e" / "out").exists()
     with pytest.raises(SpecError, match="no study spec 'nope'"):
         load_spec("nope")
+
+
+def test_the_simulate_stage_is_the_ufm_of_the_study_s_own_contexts(tmp_path, study_corpus):
+    """[simulate]: a UFM trained on the distinct contexts of the training text (the study's
+    tokenizer), one row of the table, equal to building the targets and training it directly."""
+    import numpy as np
+
+    from lm_bridge.corpus import Corpus, document_ids
+    from transformers import PreTrainedTokenizerFast
+    from ufm import PRESETS, train_ufm
+    from ufm.targets import from_token_stream
+
+    spec = tmp_path / "sim.toml"
+    spec.write_text(f'name = "sim"\n[data]\ncorpus = "{study_corpus}"\nvocab_size = 300\n[simulate]\n'
+                    "context_length = 1\nmin_count = 2\nmax_contexts = 40\nmax_tokens = 600\n"
+                    "[simulate.ufm]\ndim = 16\nweight_decay = 1e-3\nsteps = 300\n")
+    report = run_study(spec, tmp_path / "out", device="cpu")
+    assert report.counts["done"] == 1 and report.note.startswith("not analyzed")  # one row: nothing to fit
+    (row,) = read_rows(tmp_path / "out" / "results.csv").values()
+    assert row["source"] == "ufm" and row["val_loss"] == ""
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp_path / "out" / "tokenizer")
+    ids = [t for text in Corpus.open(study_corpus).split()[0].documents() for t in document_ids(text, tokenizer)][:600]
+    targets, _ = from_token_stream(ids, 1, vocab_size=len(tokenizer), min_count=2, max_contexts=40)
+    direct = train_ufm(targets, 16, weight_decay=1e-3, steps=300, device="cpu").metrics(**PRESETS["lc2024"])
+    for key in ("cos_std", "etf_error", "dual_cos_mean", "nc1_trace_ratio"):
+        assert float(row[key]) == pytest.approx(getattr(direct, key), rel=1e-9), key
+    assert int(row["num_classes_kept"]) == direct.num_classes_kept
+    # Tokens that follow exactly the same contexts share a class mean: an infinite CDNV, an empty cell.
+    assert (row["cdnv_mean"] == "") == (not np.isfinite(direct.cdnv_mean))
+    bad = tmp_path / "bad.toml"
+    bad.write_text(spec.read_text().replace("steps = 300", "steps = 300\nwidth = 3"))
+    with pytest.raises(SpecError, match=r"\[simulate.ufm\]: unknown key\(s\) width"):
+        load_spec(bad)
 
 
 def test_two_runs_of_one_study_at_once_are_refused(tmp_path, study_corpus):
@@ -238,8 +271,8 @@ def test_slurm_study_equals_the_local_one_and_survives_a_cancelled_job(cluster, 
 def test_the_shipped_lc_small_study_gives_one_table_under_both_launchers(cluster, tmp_path):
     local = run_study("lc-small", tmp_path / "local", launcher="local", device="cpu")
     slurm = run_study("lc-small", tmp_path / "slurm", launcher="slurm", device="cpu")
-    assert local.counts["done"] == slurm.counts["done"] == len(local.units) == 12
+    assert local.counts["done"] == slurm.counts["done"] == len(local.units) == 13  # 4 runs x (1 + 2), the UFM
     rows = read_rows(tmp_path / "local" / "results.csv")
-    assert len(rows) == len(read_rows(tmp_path / "slurm" / "results.csv")) == 2 * (3 * 3 + 4)  # layers: d1 3, d2 4
+    assert len(rows) == len(read_rows(tmp_path / "slurm" / "results.csv")) == 2 * (3 * 3 + 4) + 1  # d1: 3 states, d2: 4; the UFM
     assert_same_table(tmp_path / "slurm" / "results.csv", tmp_path / "local" / "results.csv", runs=0)
     assert (tmp_path / "local" / "report.md").is_file() and (tmp_path / "slurm" / "report.md").is_file()
