@@ -81,8 +81,12 @@ def run_study(name_or_path: str | Path, out: str | Path, *, launcher: str = "loc
         if launcher == "local":
             run_local(store, units, todo, workers or spec.workers)
         else:
+            # Jobs of an earlier run that SLURM still holds (its launcher was killed) run on their own.
+            now = study_status(name_or_path, out, _spec=spec, _units=units)
+            live = {u.identity: store.slurm_job(u) for u in units
+                    if now.states[u.identity] == "running" and store.slurm_job(u)}
             slurm = replace(spec.slurm, **(slurm_overrides or {}))
-            run_slurm(store, units, [u for u in todo if states[u.identity] != "running"], slurm)
+            run_slurm(store, units, [u for u in todo if now.states[u.identity] != "running"], slurm, live=live)
         report = study_status(name_or_path, out, _spec=spec, _units=units)
         report.table = store.write_table(units)
         if analyze and report.table is not None and report.counts["done"] == len(units):
@@ -108,8 +112,7 @@ def study_status(name_or_path: str | Path, out: str | Path, *, _spec: StudySpec 
     else:
         units = _units
     states, details = {}, {}
-    jobs = {u.identity: (store.unit_dir(u) / "slurm_job").read_text().strip()
-            for u in units if (store.unit_dir(u) / "slurm_job").is_file()}
+    jobs = {u.identity: store.slurm_job(u) for u in units if store.slurm_job(u)}
     alive = queued(list(jobs.values())) if jobs else set()
     for u in units:
         state = store.state(u)

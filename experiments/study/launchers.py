@@ -73,10 +73,12 @@ def _poll_unlocked(root: str, folder: str, poll: float) -> None:
 
 
 def run_slurm(store: Store, units: list[Unit], todo: list[Unit], slurm: SlurmSpec, *, wait_jobs: bool = True,
-              poll: float = 1.0) -> dict[str, str]:
+              live: dict[str, str] | None = None, poll: float = 1.0) -> dict[str, str]:
     """Submit through submitit: the training units as one job array, each run's measure units as an
     array that starts after its training job succeeded (afterok; kill_on_invalid_dep cancels it
-    when that job failed). Returns unit identity -> SLURM job id; waits until no job is left."""
+    when that job failed). ``live`` (unit identity -> job id) are the jobs an earlier, killed run
+    submitted that SLURM still holds: they are not submitted again, dependencies name them, and
+    they are waited for too. Returns unit identity -> SLURM job id; waits until no job is left."""
     import submitit
 
     executor = submitit.AutoExecutor(folder=store.root / "slurm" / "%j", cluster="slurm")
@@ -86,7 +88,7 @@ def run_slurm(store: Store, units: list[Unit], todo: list[Unit], slurm: SlurmSpe
         base["slurm_partition"] = slurm.partition
     if slurm.gpus_per_task:
         base["gpus_per_node"] = slurm.gpus_per_task
-    jobs: dict[str, str] = {}
+    jobs: dict[str, str] = dict(live or {})
     trains = [u for u in todo if u.kind == "train"]
     executor.update_parameters(**base, slurm_additional_parameters={})
     if trains:
@@ -96,7 +98,7 @@ def run_slurm(store: Store, units: list[Unit], todo: list[Unit], slurm: SlurmSpe
     groups: dict[tuple, list[Unit]] = {}
     for u in todo:
         if u.kind != "train":
-            groups.setdefault(u.needs, []).append(u)
+            groups.setdefault(u.needs, []).append(u)  # measurements of one run; a simulation alone
     for needs, group in groups.items():
         after = [jobs[n] for n in needs if n in jobs]
         extra = dict(dependency="afterok:" + ":".join(after), kill_on_invalid_dep="yes") if after else {}

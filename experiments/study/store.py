@@ -72,6 +72,11 @@ class Store:
             return "running"
         return "failed" if self.status(unit).get("state") == "failed" else "interrupted"
 
+    def slurm_job(self, unit: Unit) -> str | None:
+        """The SLURM job id the unit was last submitted as, if any."""
+        f = self.unit_dir(unit) / "slurm_job"
+        return f.read_text().strip() if f.is_file() else None
+
     def log(self, unit: Unit) -> Path:
         return self.unit_dir(unit) / "log.txt"
 

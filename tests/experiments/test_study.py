@@ -227,11 +227,11 @@ def cluster(tmp_path_factory):
 
 
 @needs_slurm
-def test_slurm_study_equals_the_local_one_and_survives_a_cancelled_job(cluster, tmp_path, study_corpus, local_study,
+def test_slurm_study_equals_the_local_one_and_survives_a_killed_launcher_and_a_cancelled_job(cluster, tmp_path, study_corpus, local_study,
                                                                        capsys):
     """The same study through submitit on a real single-node SLURM cluster: the same table. Then
-    a study whose running measure job is cancelled (scancel): status names the unit, and the
-    next run completes the table."""
+    a study interrupted twice, its launcher SIGKILLed and a running measure job cancelled
+    (scancel): status names the cancelled unit, and the next run completes the same table."""
     _, reference, _ = local_study
     spec = write_spec(tmp_path / "a", study_corpus, widths="[16]")
     report = run_study(spec, tmp_path / "a" / "out", launcher="slurm", device="cpu")
@@ -240,6 +240,10 @@ def test_slurm_study_equals_the_local_one_and_survives_a_cancelled_job(cluster, 
     jobs = sorted(p.read_text() for p in (tmp_path / "a" / "out").glob("units/*/slurm_job"))
     assert len(jobs) == 3 and sum("_" in j for j in jobs) == 2  # the run's two measurements: one job array
 
+    # Interrupted twice: the launcher is SIGKILLed while a measurement job runs, then that job is
+    # cancelled; its sibling and the queue run on without a launcher.
+    from experiments.study.launchers import queued
+
     spec = write_spec(tmp_path / "b", study_corpus, widths="[32]")
     out = tmp_path / "b" / "out"
     proc = _cli("study", "run", str(spec), "--out", str(out), "--launcher", "slurm", "--device", "cpu")
@@ -247,18 +251,22 @@ def test_slurm_study_equals_the_local_one_and_survives_a_cancelled_job(cluster, 
     while time.time() < deadline and victim is None:
         for status in out.glob("units/measure-*/status.json"):
             st = json.loads(status.read_text())
-            if st.get("state") == "running" and st.get("slurm_job"):
-                victim = (status.parent, st["slurm_job"], st.get("slurm_array_task"))
+            if st.get("state") == "running" and st.get("slurm_job") and (status.parent / "slurm_job").is_file():
+                victim = status.parent
                 break
         time.sleep(0.2)
     assert victim is not None, "no measure job started"
-    folder, job, task = victim
-    target = (folder / "slurm_job").read_text().strip()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    target = (victim / "slurm_job").read_text().strip()
     subprocess.run(["scancel", target], check=True)
-    assert proc.wait(timeout=300) != 0  # the study ended incomplete
+    jobs = [p.read_text().strip() for p in out.glob("units/*/slurm_job")]
+    while time.time() < deadline and queued(jobs):
+        time.sleep(0.5)
     after = study_status(spec, out)
     cancelled = next(u for u in after.units if after.states[u.identity] == "interrupted")
-    assert f"SLURM job {target}" in after.details[cancelled.identity] and folder.name == cancelled.folder_name
+    assert f"SLURM job {target}" in after.details[cancelled.identity] and victim.name == cancelled.folder_name
+    assert after.counts["done"] == 2  # the training run and the other measurement finished on their own
     assert main(["study", "status", str(spec), "--out", str(out)]) == 0
     assert "interrupted" in capsys.readouterr().out
     final = run_study(spec, out, launcher="slurm", device="cpu")
