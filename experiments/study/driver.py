@@ -86,7 +86,7 @@ def run_study(name_or_path: str | Path, out: str | Path, *, launcher: str = "loc
             live = {u.identity: store.slurm_job(u) for u in units
                     if now.states[u.identity] == "running" and store.slurm_job(u)}
             slurm = replace(spec.slurm, **(slurm_overrides or {}))
-            run_slurm(store, units, [u for u in todo if now.states[u.identity] != "running"], slurm, live=live)
+            run_slurm(store, [u for u in todo if now.states[u.identity] != "running"], slurm, live=live)
         report = study_status(name_or_path, out, _spec=spec, _units=units)
         report.table = store.write_table(units)
         if analyze and report.table is not None and report.counts["done"] == len(units):

@@ -12,6 +12,8 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 
+from ufm.io import atomic_write
+
 from .spec import SlurmSpec, SpecError, Unit
 from .store import Store
 from .units import run_unit
@@ -46,10 +48,8 @@ def run_local(store: Store, units: list[Unit], todo: list[Unit], workers: int, *
             waiting = [u for u in waiting if all(n in alive for n in u.needs)]  # drop those a failure blocks
             for unit in [u for u in waiting if all(n in done for n in u.needs)]:
                 waiting.remove(unit)
-                if store.state(unit) == "running":  # an orphan of a killed run holds it
-                    futures[pool.submit(_poll_unlocked, str(store.root), unit.folder_name, poll)] = unit
-                else:
-                    futures[pool.submit(run_unit, str(store.root), unit.folder_name)] = unit
+                # run_unit waits while another process (an orphan of a killed run) holds the unit
+                futures[pool.submit(run_unit, str(store.root), unit.folder_name, poll)] = unit
             if not futures:
                 break
             finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
@@ -59,20 +59,7 @@ def run_local(store: Store, units: list[Unit], todo: list[Unit], workers: int, *
                     done.add(unit.identity)
 
 
-def _wait_for(pool, store: Store, unit: Unit, poll: float):
-    """A future that ends when another process releases ``unit``'s lock."""
-    return pool.submit(_poll_unlocked, str(store.root), unit.folder_name, poll)
-
-
-def _poll_unlocked(root: str, folder: str, poll: float) -> None:
-    from .store import is_locked
-
-    d = Store(root).root / "units" / folder
-    while is_locked(d):
-        time.sleep(poll)
-
-
-def run_slurm(store: Store, units: list[Unit], todo: list[Unit], slurm: SlurmSpec, *, wait_jobs: bool = True,
+def run_slurm(store: Store, todo: list[Unit], slurm: SlurmSpec, *,
               live: dict[str, str] | None = None, poll: float = 1.0) -> dict[str, str]:
     """Submit through submitit: the training units as one job array, each run's measure units as an
     array that starts after its training job succeeded (afterok; kill_on_invalid_dep cancels it
@@ -107,8 +94,8 @@ def run_slurm(store: Store, units: list[Unit], todo: list[Unit], slurm: SlurmSpe
             handles = [executor.submit(run_unit, str(store.root), u.folder_name) for u in group]
         jobs |= {u.identity: h.job_id for u, h in zip(group, handles)}
     for u in todo:
-        (store.unit_dir(u) / "slurm_job").write_text(jobs[u.identity])
-    while wait_jobs and queued(list(jobs.values())):
+        atomic_write(store.unit_dir(u) / "slurm_job", lambda tmp, job=jobs[u.identity]: tmp.write_text(job))
+    while queued(list(jobs.values())):
         time.sleep(poll)
     return jobs
 
