@@ -79,7 +79,7 @@ def run_study(name_or_path: str | Path, out: str | Path, *, launcher: str = "loc
         runnable = {"pending", "interrupted", "running"} | ({"failed"} if retry_failed else set())
         todo = [u for u in units if states[u.identity] in runnable]
         if launcher == "local":
-            run_local(store, units, todo, workers or spec.workers)
+            run_local(store, units, todo, workers or spec.workers, device=device)
         else:
             # Jobs of an earlier run that SLURM still holds (its launcher was killed) run on their own.
             now = study_status(name_or_path, out, _spec=spec, _units=units)

@@ -6,6 +6,7 @@ from the study's folder, not from the engine."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import time
@@ -35,14 +36,38 @@ def check_launcher(kind: str) -> None:
         raise LauncherError("--launcher slurm needs the submitit package (pip install submitit)")
 
 
-def run_local(store: Store, units: list[Unit], todo: list[Unit], workers: int, *, poll: float = 0.5) -> None:
-    """A pool of ``workers`` processes (spawned: a clean interpreter each, like a cluster job); a
-    unit starts when the units it needs are done. Units another process is running (an earlier
-    run killed while its workers went on) are waited for, not started twice."""
+def gpu_count(device: str) -> int:
+    """GPUs the local pool spreads its workers over: none when the study runs on the CPU."""
+    if device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _pin_gpu(gpus) -> None:
+    """A worker's initializer: one GPU of its own, before anything initializes CUDA."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpus.get())
+
+
+def run_local(store: Store, units: list[Unit], todo: list[Unit], workers: int, *, device: str = "auto",
+              poll: float = 0.5) -> None:
+    """A pool of ``workers`` processes (spawned: a clean interpreter each, like a cluster job), one
+    GPU each when there are GPUs (at most one worker a GPU); a unit starts when the units it needs
+    are done. Units another process is running (an earlier run killed while its workers went on)
+    are waited for, not started twice."""
     done = {u.identity for u in units if store.state(u) == "done"}
     waiting = list(todo)
     futures = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    context = get_context("spawn")
+    pin = {}
+    if gpus := gpu_count(device):
+        workers = min(workers, gpus)
+        queue = context.Queue()
+        for i in range(workers):
+            queue.put(i)
+        pin = dict(initializer=_pin_gpu, initargs=(queue,))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, **pin) as pool:
         while waiting or futures:
             alive = done | {u.identity for u in waiting} | {u.identity for u in futures.values()}
             waiting = [u for u in waiting if all(n in alive for n in u.needs)]  # drop those a failure blocks

@@ -88,7 +88,8 @@ class Store:
             if not (d / "result.json").is_file():
                 write_json(d / "status.json", dict(state="running", pid=os.getpid(), host=socket.gethostname(),
                                                    slurm_job=os.environ.get("SLURM_JOB_ID"),
-                                                   slurm_array_task=os.environ.get("SLURM_ARRAY_TASK_ID")))
+                                                   slurm_array_task=os.environ.get("SLURM_ARRAY_TASK_ID"),
+                                                   gpus=os.environ.get("CUDA_VISIBLE_DEVICES")))
             yield d
 
     def finish(self, unit: Unit, result: dict) -> None:

@@ -173,6 +173,24 @@ def test_the_simulate_stage_is_the_ufm_of_the_study_s_own_contexts(tmp_path, stu
         load_spec(bad)
 
 
+def test_the_local_pool_gives_each_worker_a_gpu_of_its_own(tmp_path, study_corpus, monkeypatch):
+    """With GPUs (here: two, as the pool is told) each worker sees one, CUDA_VISIBLE_DEVICES set
+    before anything initializes CUDA; the jobs record it. (On this CPU-only machine torch then
+    finds no usable device and the units run on the CPU.)"""
+    import experiments.study.launchers as launchers
+
+    assert launchers.gpu_count("cpu") == 0  # a study on the CPU pins nothing
+    monkeypatch.setattr(launchers, "gpu_count", lambda device: 2)
+    spec = tmp_path / "sim.toml"
+    spec.write_text(f'name = "gpus"\n[data]\ncorpus = "{study_corpus}"\nvocab_size = 300\n[simulate]\n'
+                    "context_length = 1\nmin_count = 2\nmax_contexts = 20\nmax_tokens = 300\n"
+                    "[simulate.ufm]\ndim = 8\nweight_decay = 1e-3\nsteps = 20\n[local]\nworkers = 4\n")
+    report = run_study(spec, tmp_path / "out", device="auto")
+    assert report.counts["done"] == 1
+    status = json.loads(next((tmp_path / "out").glob("units/simulate-*/status.json")).read_text())
+    assert status["gpus"] in ("0", "1")
+
+
 def test_two_runs_of_one_study_at_once_are_refused(tmp_path, study_corpus):
     spec = write_spec(tmp_path, study_corpus)
     with folder_lock(tmp_path / "out", "collapse study run"):
