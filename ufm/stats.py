@@ -431,6 +431,7 @@ class StatsAccumulator:
         and for sparse rows the class id of each row (R,) and the number of classes (1,)."""
         if not self.rows.sparse:
             return dict(n=self._n, count=self._count, mean=self._mean, m2=self._m2, scatter=self._scatter)
+        self._grow()  # the shared row map may hold classes only other accumulators have seen
         r = self.rows.size  # the rows in use; the capacity beyond them is zeros
         return dict(n=self._n[:r], count=self._count[:r], mean=self._mean[:r], m2=self._m2[:r], scatter=self._scatter,
                     ids=self.rows.ids, num_classes=torch.tensor([self.num_classes], dtype=torch.int64))
@@ -564,6 +565,7 @@ class StatsAccumulator:
 
     def compute(self, metadata: dict[str, Any] | None = None) -> ClassStats:
         """The statistics: all K classes when dense; when sparse, the classes seen, in class-id order."""
+        self._grow()  # the shared row map may hold classes only other accumulators have seen
         r = self.rows.size
         n, count, mean, m2 = self._n[:r], self._count[:r], self._mean[:r], self._m2[:r]
         total = n.sum()

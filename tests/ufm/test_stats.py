@@ -350,6 +350,12 @@ def test_shared_rows_fold_one_batch_into_several_states_and_round_trip(tmp_path)
     assert_stats_close(resumed.compute(), stats, rtol=0)
     again = StatsAccumulator.from_state(a.state())
     assert_stats_close(again.compute(), stats, rtol=0)
+    # A state that did not see the classes another state added to the shared rows holds them empty.
+    c = StatsAccumulator(5000, 8, rows=rows)
+    c.fold(h[:20], rows.batch(labels[:20]))
+    rows.batch([4999])  # only the map learns the class
+    assert c.compute().class_ids.tolist() == sorted(set(labels[:20].tolist()))
+    assert StatsAccumulator.from_state(c.state()).compute().num_classes == len(set(labels[:20].tolist()))
     with pytest.raises(ValueError, match=r"class_ids must be strictly increasing class ids in \[0, 5000\)"):
         ClassStats(stats.counts, stats.sample_counts, stats.means, stats.var_traces, stats.within_scatter,
                    class_ids=stats.class_ids.flip(0), num_labels=5000)
