@@ -244,12 +244,13 @@ def collapse_sweep(stats: ClassStats, classifier, opts: MetricOptions, per_class
     norm_mean, norm_std = _mean_std(c.norms, opts.spread_ddof)
     log_mean, log_std = _mean_std(log_norms, opts.spread_ddof)
     sq_mean, sq_std = _mean_std(c.norms.square(), opts.spread_ddof)
+    spectrum = between_spectrum(stats.within_scatter, c.centered)  # one eigh for both NC1 forms
     metrics = CollapseMetrics(
         num_classes_kept=k,
         num_pairs=pairs.num_pairs,
-        nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, c.centered),
+        nc1_trace_ratio=nc1_trace_ratio(stats.within_scatter, c.centered, spectrum),
         nc1_quotient=_ratio(float(torch.trace(stats.within_scatter)), float(c.centered.square().sum()) / k),
-        nc1_svd=nc1_svd(stats.within_scatter, c.centered),
+        nc1_svd=nc1_svd(stats.within_scatter, c.centered, spectrum),
         cdnv_mean=pairs.cdnv[0],
         cdnv_std=pairs.cdnv[1],
         norm_mean=norm_mean,
@@ -287,30 +288,32 @@ def _warn_if_long(num_classes: int, dim: int, device: torch.device) -> None:
                       "run it where the statistics are on a GPU (stats.to('cuda'))", stacklevel=3)
 
 
-def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor) -> float:
-    """Tr(S_W S_B^+) / K with S_B = M^T M / K, M the (K, D) centered means (Papyan et al. 2020)."""
-    k = centered_means.shape[0]
-    between = centered_means.T @ centered_means / k  # (D, D)
+def between_spectrum(within_scatter: torch.Tensor, centered_means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalues (D,) of S_B = M^T M / K, ascending, and v_i^T S_W v_i along each of its
+    eigenvectors (D,): both forms of NC1 are sums of their ratios, from one eigendecomposition."""
+    between = centered_means.T @ centered_means / centered_means.shape[0]  # (D, D)
     evals, evecs = torch.linalg.eigh(between)
+    return evals, (evecs * (within_scatter @ evecs)).sum(0)
+
+
+def nc1_trace_ratio(within_scatter: torch.Tensor, centered_means: torch.Tensor, spectrum=None) -> float:
+    """Tr(S_W S_B^+) / K with S_B = M^T M / K, M the (K, D) centered means (Papyan et al. 2020);
+    ``spectrum``: ``between_spectrum``'s result, when already computed."""
+    evals, projected = spectrum or between_spectrum(within_scatter, centered_means)
     keep = evals > PINV_RTOL * evals.max()
-    v = evecs[:, keep]  # (D, r)
-    projected = (v * (within_scatter @ v)).sum(0)  # (r,) v^T S_W v
-    return float((projected / evals[keep]).sum()) / k
+    return float((projected[keep] / evals[keep]).sum()) / centered_means.shape[0]
 
 
-def nc1_svd(within_scatter: torch.Tensor, centered_means: torch.Tensor) -> float:
+def nc1_svd(within_scatter: torch.Tensor, centered_means: torch.Tensor, spectrum=None) -> float:
     """Tr(S_W S_B^+) with the pseudo-inverse built from the top r = min(K-1, D) eigenpairs of
     S_B = M^T M / K, not divided by K: the SVD form of NC1 (Han, Papyan & Donoho, ICLR 2022; the
     peer library's ``variability_pinv(svd=True)``). It equals K x nc1_trace_ratio when S_B has full
     rank r; a fixed r (no threshold) makes it blow up, rather than drop a direction, where the class
     means lose rank."""
+    evals, projected = spectrum or between_spectrum(within_scatter, centered_means)
     k, d = centered_means.shape
-    between = centered_means.T @ centered_means / k  # (D, D)
-    evals, evecs = torch.linalg.eigh(between)  # ascending
     r = min(k - 1, d)
-    v, lam = evecs[:, d - r:], evals[d - r:]  # (D, r), (r,)
-    projected = (v * (within_scatter @ v)).sum(0)  # (r,) v^T S_W v
-    return float((projected / lam).sum())
+    return float((projected[d - r:] / evals[d - r:]).sum())  # the r largest, eigh's order being ascending
 
 
 def ood_orthogonality(stats: ClassStats, ood_mean, *, center: Literal["uniform", "weighted"] = "uniform",
