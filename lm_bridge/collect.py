@@ -232,6 +232,11 @@ def layer_index(name: str) -> int:
     return int(name.removeprefix("layer_"))
 
 
+def state_of(name: str, hidden: torch.Tensor, states) -> torch.Tensor:
+    """The (B, T, D) features of the named state: the unembedding's input, or a hidden state."""
+    return hidden if name == FINAL else states[layer_index(name)]
+
+
 def _load_checkpoint(path: Path, identity: dict, dev, names: list[str]):
     if not path.exists():
         return None
@@ -351,7 +356,7 @@ def fold_batch(accs: dict[str, StatsAccumulator], ids: torch.Tensor, lengths: to
     try:
         batch = first.rows.batch(labels.reshape(-1) if every else labels[keep])  # the label work, once
         for name, acc in accs.items():
-            x = (hidden if name == FINAL else states[layer_index(name)])[:, :-1]
+            x = state_of(name, hidden, states)[:, :-1]
             acc.fold(x.to(torch.float64).reshape(-1, x.shape[-1]) if every else x[keep], batch)
     except ValueError as err:  # the run stops here; the checkpoint on disk is untouched
         what = ("NaN or Inf hidden states" if "NaN or Inf" in str(err) else
@@ -402,11 +407,13 @@ def collect_means(loaded: LoadedModel, corpus: Corpus, config: CollectConfig, la
     with torch.inference_mode(), capture_unembedding_input(loaded.model) as store, threads_for():
         for ids, lengths in batches(_rank_blocks(loaded, corpus, config, block_size, rank, world), config.batch_size):
             _, hidden, states = forward_features(loaded, ids, lengths, store, hidden_states=bool(layers))
-            keep = labelled_positions(ids, lengths).to(loaded.device)
-            batch = rows.batch(torch.zeros(int(keep.sum()), dtype=torch.long, device=loaded.device))
-            tokens += int(keep.sum())
+            keep = labelled_positions(ids, lengths)
+            n_tokens = int(keep.sum())
+            keep = keep.to(loaded.device)
+            batch = rows.batch(torch.zeros(n_tokens, dtype=torch.long, device=loaded.device))  # one class: all
+            tokens += n_tokens
             for n in names:
-                accs[n].fold((hidden if n == FINAL else states[layer_index(n)])[:, :-1][keep], batch)
+                accs[n].fold(state_of(n, hidden, states)[:, :-1][keep], batch)
     if world > 1:
         accs, _, tokens = _merge_ranks(accs, 0, tokens, loaded)
     if tokens == 0:

@@ -75,14 +75,13 @@ def run_study(name_or_path: str | Path, out: str | Path, *, launcher: str = "loc
     out = Path(out)
     with folder_lock(out, "collapse study run"):
         store, units = _prepare(spec, out, device)
-        states = {u.identity: store.state(u) for u in units}
+        now = study_status(name_or_path, out, _spec=spec, _units=units)
         runnable = {"pending", "interrupted", "running"} | ({"failed"} if retry_failed else set())
-        todo = [u for u in units if states[u.identity] in runnable]
+        todo = [u for u in units if now.states[u.identity] in runnable]
         if launcher == "local":
             run_local(store, units, todo, workers or spec.workers, device=device)
         else:
             # Jobs of an earlier run that SLURM still holds (its launcher was killed) run on their own.
-            now = study_status(name_or_path, out, _spec=spec, _units=units)
             live = {u.identity: store.slurm_job(u) for u in units
                     if now.states[u.identity] == "running" and store.slurm_job(u)}
             slurm = replace(spec.slurm, **(slurm_overrides or {}))
@@ -107,7 +106,7 @@ def study_status(name_or_path: str | Path, out: str | Path, *, _spec: StudySpec 
     if _units is None:
         if not (out / "study.json").is_file():
             raise SpecError(f"{out} holds no study yet: run `collapse study run {name_or_path} --out {out}` first")
-        units = [_read(store, d) for d in (out / "units").iterdir() if (d / "unit.json").is_file()]
+        units = [store.read_unit(d) for d in (out / "units").iterdir() if (d / "unit.json").is_file()]
         units.sort(key=lambda u: (u.name.split("/")[0], u.kind != "train", u.name))  # each run, then its checkpoints
     else:
         units = _units
@@ -128,12 +127,6 @@ def study_status(name_or_path: str | Path, out: str | Path, *, _spec: StudySpec 
             details[u.identity] = f"pid {st.get('pid')} on {st.get('host')}" + (f", SLURM job {job}" if job else "")
         states[u.identity] = state
     return StudyReport(spec, units, states, details, out / "results.csv" if (out / "results.csv").is_file() else None)
-
-
-def _read(store: Store, folder: Path) -> Unit:
-    from .units import unit_from
-
-    return unit_from(store.read_unit(folder))
 
 
 def analyze_study(spec: StudySpec, out: Path) -> Path:

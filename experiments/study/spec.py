@@ -244,9 +244,10 @@ def expand_units(spec: StudySpec, corpus_identity: str | None, model_identity=No
                               dict(run=train.name, epoch=epoch, spec=asdict(train), measure=measure), (ident,)))
     if spec.simulate is not None:
         sim = asdict(spec.simulate)
+        # The UFM is measured with the models' metric options (preset, min_count, max_count).
         ident = digest(dict(kind="simulate", simulate=sim, vocab_size=spec.vocab_size, corpus=corpus_identity,
-                            preset=spec.measure.preset))
-        units.append(Unit("simulate", "ufm", ident, dict(simulate=sim, preset=spec.measure.preset)))
+                            measure=measure))
+        units.append(Unit("simulate", "ufm", ident, dict(simulate=sim, measure=measure)))
     for path in spec.models:
         for model in _model_dirs(Path(path)):
             ident = digest(dict(kind="measure", model=model_identity(model), measure=measure, corpus=corpus_identity))

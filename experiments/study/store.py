@@ -25,7 +25,6 @@ import os
 import socket
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from ufm.io import FolderBusyError, atomic_write, folder_lock, write_json
 
@@ -51,8 +50,9 @@ class Store:
             write_json(d / "unit.json", dict(kind=unit.kind, name=unit.name, identity=unit.identity,
                                              config=unit.config, needs=list(unit.needs)))
 
-    def read_unit(self, folder: Path) -> dict[str, Any]:
-        return json.loads((folder / "unit.json").read_text())
+    def read_unit(self, folder: Path) -> Unit:
+        info = json.loads((folder / "unit.json").read_text())
+        return Unit(info["kind"], info["name"], info["identity"], info["config"], tuple(info["needs"]))
 
     def result(self, unit: Unit) -> dict | None:
         f = self.unit_dir(unit) / "result.json"

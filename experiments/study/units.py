@@ -23,13 +23,9 @@ from .spec import Unit
 from .store import Store
 
 
-def unit_from(info: dict) -> Unit:
-    return Unit(info["kind"], info["name"], info["identity"], info["config"], tuple(info["needs"]))
-
-
 def run_unit(root: str, folder: str, poll: float = 0.5) -> dict:
     store = Store(root)
-    unit = unit_from(store.read_unit(store.root / "units" / folder))
+    unit = store.read_unit(store.root / "units" / folder)
     context = json.loads((store.root / "study.json").read_text())
     while True:
         with contextlib.ExitStack() as held:
@@ -80,28 +76,23 @@ def train_unit(store: Store, unit: Unit, context: dict) -> dict:
 def measure_unit(store: Store, unit: Unit, context: dict) -> dict:
     """collapse measure of one checkpoint into STUDY/measure/...; one table row per state."""
     from lm_bridge.collect import NC4_POSITIONS, CollectConfig
-    from lm_bridge.corpus import Corpus
     from lm_bridge.measure import MeasureOptions, checkpoint_step, measure_folder, parse_layers
     from lm_bridge.models import load_model
-    from ufm.metrics import MetricOptions
     from ufm.validate import resolve_device
 
     cfg, m = unit.config, unit.config["measure"]
     if "model" in cfg:
         path, out = Path(cfg["model"]), store.root / "measure" / "models" / unit.name
-        train, val = (Corpus.open(context["corpus"]).split() if context.get("corpus") else (None, None))
     else:
         path, out = store.root / "runs" / cfg["run"] / f"epoch{cfg['epoch']}", store.root / "measure" / unit.name
-        train, val = _splits(context)
+    train, val = _splits(context)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: its training unit has not finished")
     loaded = load_model(path, device=resolve_device(context["device"]))
     block = m["block_size"] or cfg.get("spec", {}).get("block_size")
     config = CollectConfig(block_size=block, batch_size=m["batch_size"], max_tokens=m["max_tokens"],
                            checkpoint_every=64, layers=parse_layers(m["layers"], loaded))
-    base = MetricOptions.preset(m["preset"]) if m["preset"] else MetricOptions()
-    options = asdict(base) | {k: m[k] for k in ("min_count", "max_count") if m[k] is not None}
-    mopts = MeasureOptions(options, m["preset"], NC4_POSITIONS.get(m["preset"], "all"), overwrite=True,
+    mopts = MeasureOptions(metric_options(m), m["preset"], NC4_POSITIONS.get(m["preset"], "all"), overwrite=True,
                            figures=m["figures"])
     summary = measure_folder(loaded, train, out, config, mopts, heldout=val, heldout_tokens=m["heldout_tokens"],
                              progress=False)
@@ -125,13 +116,12 @@ def table_rows(unit: Unit, summary: dict[str, Any], path: Path, step: int) -> li
                    arch=summary["model"]["name"], epoch=info.get("epoch"), step=step, tokens_seen=None)
     ids = dict(model_identity=summary["model"]["identity"], corpus_identity=summary["corpus"]["identity"],
                options_identity=unit.identity, unit=unit.name)
-    numeric = lambda d: {k: v for k, v in d.items() if isinstance(v, (int, float)) or v is None}  # noqa: E731
     run["source"] = "model"
     rows = [dict(run, layer="final", val_loss=summary["val_loss"], nc4_agreement=summary["nc4_agreement"],
-                 **numeric(summary["metrics"]), **ids)]
+                 **_scalars(summary["metrics"]), **ids)]
     for i, layer in summary["layers"].items():
         rows.append(dict(run, layer=int(i), val_loss=summary["val_loss"], nc4_agreement=layer["nc4_agreement"],
-                         **numeric(layer["metrics"]), **ids))
+                         **_scalars(layer["metrics"]), **ids))
     return rows
 
 
@@ -139,12 +129,11 @@ def simulate_unit(store: Store, unit: Unit, context: dict) -> dict:
     """A UFM on the training text's own contexts: its class statistics (context j counts toward
     token z with weight pi_j p_jz) measured with the study's metric options, as one table row."""
     from lm_bridge.corpus import document_ids
-    from ufm.metrics import MetricOptions
     from ufm.targets import from_token_stream
     from ufm.train import train_ufm
     from ufm.validate import resolve_device
 
-    sim, preset = unit.config["simulate"], unit.config["preset"]
+    sim = unit.config["simulate"]
     train, _ = _splits(context)
     tokenizer = _tokenizer(context)
     ids: list[int] = []
@@ -156,13 +145,24 @@ def simulate_unit(store: Store, unit: Unit, context: dict) -> dict:
     targets, _ = from_token_stream(ids, sim["context_length"], vocab_size=len(tokenizer), min_count=sim["min_count"],
                                    max_contexts=sim["max_contexts"])
     result = train_ufm(targets, device=resolve_device(context["device"]), **sim["ufm"])
-    options = asdict(MetricOptions.preset(preset) if preset else MetricOptions())
-    metrics = result.metrics(**{k: v for k, v in options.items() if k != "tile_size"}).to_dict()
-    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
+    metrics = result.metrics(**metric_options(unit.config["measure"])).to_dict()
     row = dict(run="ufm", arch="ufm", source="ufm", epoch=None, step=sim["ufm"]["steps"], tokens_seen=len(ids),
-               layer="final", val_loss=None, nc4_agreement=None, **numeric, model_identity=None,
+               layer="final", val_loss=None, nc4_agreement=None, **_scalars(metrics), model_identity=None,
                corpus_identity=None, options_identity=unit.identity, unit=unit.name)
     return dict(rows=[row], targets=targets.describe(), objective=result.history[-1].get("objective"))
+
+
+def metric_options(measure: dict) -> dict:
+    """The metric options of a study's [measure]: its preset's, with min_count and max_count on top."""
+    from ufm.metrics import MetricOptions
+
+    base = MetricOptions.preset(measure["preset"]) if measure["preset"] else MetricOptions()
+    return asdict(base) | {k: measure[k] for k in ("min_count", "max_count") if measure[k] is not None}
+
+
+def _scalars(metrics: dict) -> dict:
+    """The table's columns of a metrics dict: its numbers (None where undefined), not its options."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) or v is None}
 
 
 EXECUTORS = {"train": train_unit, "measure": measure_unit, "simulate": simulate_unit}
