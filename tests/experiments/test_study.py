@@ -277,7 +277,9 @@ def test_slurm_study_equals_the_local_one_and_survives_a_killed_launcher_and_a_c
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     target = (victim / "slurm_job").read_text().strip()
-    subprocess.run(["scancel", target], check=True)
+    # SIGKILL at once: submitit's jobs let SIGTERM pass (a plain scancel kills them KillWait later),
+    # and a tiny measurement can finish inside that window, which would leave nothing cancelled.
+    subprocess.run(["scancel", "--signal=KILL", target], check=True)
     jobs = [p.read_text().strip() for p in out.glob("units/*/slurm_job")]
     while time.time() < deadline and queued(jobs):
         time.sleep(0.5)
